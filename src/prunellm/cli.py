@@ -1,0 +1,174 @@
+"""Command line: `prunellm eval|prune ...`. Bad input prints one line and exits with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import UsageError
+from .models import BUILTINS, DEFAULT_MODEL, DTYPES
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_pos", nargs="?", metavar="MODEL", help=f"built-in name ({', '.join(BUILTINS)}), folder or hub id")
+    p.add_argument("--model", dest="model_opt", help=f"same as MODEL (default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    p.add_argument("--data-dir", help="folder with local datasets (else $PRUNELLM_DATA, else ../shared/data)")
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.model_pos and args.model_opt and args.model_pos != args.model_opt:
+        raise UsageError(f"two models given: {args.model_pos!r} and --model {args.model_opt!r}")
+    return args.model_pos or args.model_opt or DEFAULT_MODEL
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_perplexity
+    from .models import load_model
+    from .report import format_table, write_json
+
+    name = _model_name(args)
+    model, tokenizer = load_model(name, dtype=args.dtype)
+    result = evaluate_perplexity(
+        model, tokenizer, args.ppl, args.seqlen, args.max_windows, args.batch_size, args.data_dir
+    )
+    result = {"model": name, **result}
+    rows = [[ds, ppl] for ds, ppl in result["perplexity"].items()]
+    print(format_table(["dataset", f"perplexity (seqlen {args.seqlen})"], rows))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _prune_config(args: argparse.Namespace):
+    """Recipe file (if any), then explicit flags on top."""
+    from .config import PruneConfig
+
+    config = PruneConfig.from_yaml(args.config) if args.config else PruneConfig()
+    if args.sparsity is not None and args.pattern is not None:
+        raise UsageError("give either --sparsity or --pattern, not both")
+    overrides = {
+        "solver": args.solver,
+        "sparsity": args.sparsity,
+        "dataset": args.calib,
+        "num_calibration_samples": args.nsamples,
+        "max_seq_length": args.seqlen,
+        "seed": args.seed,
+        "propagate": args.propagate,
+        "calibration_batch_size": args.calib_batch_size,
+        "targets": args.targets,
+        "ignore": args.ignore,
+        "data_dir": args.data_dir,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.pattern is not None:
+        config.mask_structure = args.pattern
+    elif args.sparsity is not None:
+        config.mask_structure = "0:0"
+    return config.validate()
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .engine import prune
+    from .evaluate import evaluate_perplexity
+    from .models import load_model
+    from .report import format_table
+    from .save import check_output, save_pruned
+
+    config = _prune_config(args)
+    check_output(args.output, args.overwrite)
+    name = _model_name(args)
+    model, tokenizer = load_model(name, dtype=args.dtype)
+
+    def ppl() -> dict:
+        return evaluate_perplexity(
+            model, tokenizer, args.eval_ppl, args.eval_seqlen, args.eval_max_windows, 1, config.data_dir
+        )
+
+    dense = ppl() if args.eval_ppl and args.eval_dense else None
+    report = {"model": name, "dtype": args.dtype, **prune(model, tokenizer, config)}
+    if args.eval_ppl:
+        after = ppl()
+        report.update(perplexity=after["perplexity"], eval={"seqlen": after["seqlen"], "windows": after["windows"]})
+        if dense:
+            report["perplexity_dense"] = dense["perplexity"]
+    save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite)
+
+    t = report["timings"]
+    print(f"pruned {name} with {config.solver} to {report['sparsity']:.4f} sparsity "
+          f"({config.target()} per layer) in {t['prune_s']:.1f}s (calibration forward {t['calib_forward_s']:.1f}s)")
+    if args.eval_ppl:
+        rows = [[ds, (dense or {}).get("perplexity", {}).get(ds, "-"), v] for ds, v in report["perplexity"].items()]
+        print(format_table(["dataset", "ppl dense", "ppl pruned"], rows))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunellm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="perplexity of a model (built-in, folder or hub id)")
+    _add_model_args(ev)
+    ev.add_argument("--ppl", type=_csv, default=["wikitext2"], help="datasets, comma separated (default wikitext2)")
+    ev.add_argument("--seqlen", type=_positive_int, default=2048, help="evaluation window (default 2048)")
+    ev.add_argument("--max-windows", type=_positive_int, help="evaluate only the first N windows")
+    ev.add_argument("--batch-size", type=_positive_int, default=1, help="windows per forward pass")
+    ev.add_argument("--json", help="write results to this JSON file")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("prune", help="prune a model and save it with prune_report.json")
+    _add_model_args(pr)
+    pr.add_argument("--config", help="YAML recipe (flat fields or an llm-compressor style recipe); flags override it")
+    pr.add_argument("--solver", help="magnitude, wanda or sparsegpt (default wanda)")
+    pr.add_argument("--sparsity", type=float, help="unstructured target in [0, 1) (default 0.5)")
+    pr.add_argument("--pattern", help="N:M semi-structured: prune N of every M inputs, e.g. 2:4")
+    pr.add_argument("--calib", help="calibration data: wikitext2, ptb, c4, text:PATH, jsonl:PATH (default wikitext2)")
+    pr.add_argument("--nsamples", type=_positive_int, help="calibration samples (default 128)")
+    pr.add_argument("--seqlen", type=_positive_int, help="calibration sample length (default 2048)")
+    pr.add_argument("--seed", type=int, help="calibration sampling seed (default 0)")
+    pr.add_argument("--propagate", choices=["pruned", "dense"], help="next block's inputs (default pruned)")
+    pr.add_argument("--calib-batch-size", type=_positive_int, help="samples per block forward (default 8)")
+    pr.add_argument("--targets", type=_csv, help="layers to prune: class names or re:patterns (default Linear)")
+    pr.add_argument("--ignore", type=_csv, help="layers to skip (default re:.*lm_head)")
+    pr.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    pr.add_argument("--eval-ppl", type=_csv, default=[], help="evaluate perplexity after pruning on these datasets")
+    pr.add_argument("--eval-dense", action="store_true", help="also evaluate the dense model first")
+    pr.add_argument("--eval-seqlen", type=_positive_int, default=2048, help="evaluation window (default 2048)")
+    pr.add_argument("--eval-max-windows", type=_positive_int, help="evaluate only the first N windows")
+    pr.set_defaults(func=_cmd_prune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `prunellm` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"prunellm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

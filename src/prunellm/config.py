@@ -1,0 +1,130 @@
+"""The pruning recipe: one typed, serializable config, readable from and writable to YAML.
+
+Field names follow llm-compressor where the meaning is the same (`sparsity`, `mask_structure`,
+`targets`, `ignore` with `re:` patterns, `num_calibration_samples`, `max_seq_length`,
+`block_size`, `dampening_frac`). `mask_structure` "N:M" means N pruned of every M inputs per row,
+as in the research code (identical to llm-compressor for 2:4 and 4:8); "0:0" is unstructured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UsageError
+from .masks import Target, parse_pattern
+
+# llm-compressor modifier classes accepted in a nested recipe, and the solver each means.
+MODIFIERS = {"MagnitudePruningModifier": "magnitude", "WandaPruningModifier": "wanda", "SparseGPTModifier": "sparsegpt"}
+
+
+@dataclass
+class PruneConfig:
+    """Everything that determines a pruning run (and nothing about where results are written)."""
+
+    solver: str = "wanda"
+    sparsity: float = 0.5
+    mask_structure: str = "0:0"
+    targets: list[str] = field(default_factory=lambda: ["Linear"])
+    ignore: list[str] = field(default_factory=lambda: ["re:.*lm_head"])
+    dataset: str = "wikitext2"
+    num_calibration_samples: int = 128
+    max_seq_length: int = 2048
+    seed: int = 0
+    propagate: str = "pruned"  # next block's inputs: "pruned" (reference) or "dense" outputs
+    calibration_batch_size: int = 8  # samples run through a block at once
+    block_size: int = 128  # SparseGPT lazy-update block
+    dampening_frac: float = 0.01  # SparseGPT / MRP Hessian dampening
+    data_dir: str | None = None
+
+    @property
+    def nm(self) -> tuple[int, int]:
+        return parse_pattern(self.mask_structure)
+
+    def target(self) -> Target:
+        """The uniform per-layer target this config asks for."""
+        n, m = self.nm
+        return Target(n=n, m=m) if m else Target(sparsity=self.sparsity)
+
+    @property
+    def overall_sparsity(self) -> float:
+        n, m = self.nm
+        return n / m if m else self.sparsity
+
+    def validate(self) -> "PruneConfig":
+        """Raise `UsageError` on anything that cannot be run; returns self for chaining."""
+        from .solvers import SOLVERS
+
+        if self.solver not in SOLVERS:
+            raise UsageError(f"unknown solver {self.solver!r}; choose one of {', '.join(sorted(SOLVERS))}")
+        n, m = self.nm
+        if not m and not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if m and self.block_size % m:
+            raise UsageError(f"block_size {self.block_size} must be a multiple of M={m}")
+        if self.propagate not in ("pruned", "dense"):
+            raise UsageError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
+        for name in ("num_calibration_samples", "calibration_batch_size", "block_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_seq_length < 2:
+            raise UsageError(f"max_seq_length must be at least 2, got {self.max_seq_length}")
+        if not 0.0 < self.dampening_frac:
+            raise UsageError(f"dampening_frac must be positive, got {self.dampening_frac}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
+        """Build from a flat dict, or from an llm-compressor style nested recipe (stage → group → Modifier)."""
+        data = _flatten_recipe(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown recipe field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PruneConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"recipe {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"recipe {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"recipe {path} must be a mapping")
+        return cls.from_dict(data)
+
+
+def _flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """Find a `*Modifier: {args}` entry at any depth and turn it into flat config fields."""
+
+    def find(node: Any) -> tuple[str, dict] | None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in MODIFIERS and isinstance(value, dict):
+                    return key, value
+                hit = find(value)
+                if hit:
+                    return hit
+        return None
+
+    hit = find(data)
+    if hit is None:
+        return dict(data)
+    modifier, args = hit
+    return {"solver": MODIFIERS[modifier], **args}

@@ -1,0 +1,82 @@
+"""Stream calibration statistics of linear-layer inputs through forward hooks.
+
+Layers fed the very same input tensor (q/k/v, gate/up) share one accumulator, so a Hessian is
+computed once per distinct input rather than once per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .solvers import LayerStats
+
+
+class StatsCollector:
+    """Forward hooks on a block's linears that accumulate `LayerStats` (norms and/or Σ x xᵀ)."""
+
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        needs: set[str] | frozenset[str],
+        derived: dict[str, tuple[str, Callable]] | None = None,
+    ):
+        self.needs = set(needs)
+        self.stats: dict[str, LayerStats] = {}
+        self.alias: dict[str, str] = {}  # layer -> layer whose accumulator it shares
+        self._batch_inputs: list[tuple[torch.Tensor, str]] = []
+        # source layer -> [(derived layer, input from source output)], see blocks.derived_inputs
+        self._derived: dict[str, list[tuple[str, Callable]]] = {}
+        for target, (source, fn) in (derived or {}).items():
+            if target in layers and source in layers:
+                self._derived.setdefault(source, []).append((target, fn))
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            for target, fn in self._derived.get(name, ()):
+                self._add(target, fn(output))
+            x = args[0]
+            if name in self.alias:
+                return
+            for seen, owner in self._batch_inputs:
+                if seen is x:  # same tensor object: identical statistics
+                    self.alias[name] = owner
+                    return
+            self._batch_inputs.append((x, name))
+            self._add(name, x)
+
+        return hook
+
+    def _add(self, name: str, x: torch.Tensor) -> None:
+        samples = x.shape[0] if x.dim() > 2 else 1
+        x = x.reshape(-1, x.shape[-1]).float()
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = LayerStats()
+            width = x.shape[1]
+            if "norms" in self.needs:
+                st.sq_norms = torch.zeros(width, dtype=torch.float64, device=x.device)
+            if "hessian" in self.needs:
+                st.xtx = torch.zeros(width, width, dtype=torch.float32, device=x.device)
+        if st.sq_norms is not None:
+            st.sq_norms += x.square().sum(0, dtype=torch.float64)
+        if st.xtx is not None:
+            st.xtx.addmm_(x.t(), x)
+        st.tokens += x.shape[0]
+        st.samples += samples
+
+    def end_batch(self) -> None:
+        """Forget this batch's input tensors (only used to detect shared inputs)."""
+        self._batch_inputs.clear()
+
+    def get(self, name: str) -> LayerStats:
+        return self.stats[self.alias.get(name, name)]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._batch_inputs.clear()
