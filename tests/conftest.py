@@ -48,3 +48,28 @@ def shared_data() -> str:
     if not os.path.isdir(path):
         pytest.fail(f"shared data folder {path} is missing (expected ../shared/data beside the checkout)")
     return path
+
+
+def tiny_tokenizer():
+    """A small byte-level BPE tokenizer trained in memory (no downloads), wrapped for transformers."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    text = ["the quick brown fox jumps over the lazy dog", "pruning removes weights from a language model"]
+    bpe.train_from_iterator(text * 20, vocab_size=300, min_frequency=1, show_progress=False)
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    tok.eos_token = tok.convert_ids_to_tokens(0)
+    return tok
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    """A saved tiny Llama model folder with a tokenizer, loadable by `prunellm` like any HF folder."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64)
+    folder = tmp_path / "tiny-llama"
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
