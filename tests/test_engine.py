@@ -62,7 +62,7 @@ def test_captured_inputs_replay_the_model(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("solver", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("solver", ["magnitude", "wanda", "sparsegpt", "mrp"])
 def test_prune_every_arch(arch, solver):
     model = tiny_model(arch)
     report = prune(model, None, PruneConfig(solver=solver, sparsity=0.5, calibration_batch_size=4),
@@ -107,7 +107,7 @@ def test_nm_width_not_divisible_is_a_usage_error():
         prune(model, None, PruneConfig(solver="magnitude", mask_structure="16:32", block_size=128), progress=False)
 
 
-@pytest.mark.parametrize("solver", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("solver", ["wanda", "sparsegpt", "mrp"])
 def test_deterministic(solver):
     masks = []
     for _ in range(2):

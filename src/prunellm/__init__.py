@@ -1,1 +1,31 @@
-"""prunellm."""
+"""prunellm: one-shot post-training pruning of Hugging Face causal LMs.
+
+    import prunellm
+    model, tok = prunellm.load_model("smollm2-135m")
+    report = prunellm.prune(model, tok, prunellm.PruneConfig(solver="wanda", sparsity=0.5))
+    ppl, windows = prunellm.perplexity(model, tok, "wikitext2", seqlen=1024, max_windows=64)
+    prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50")
+"""
+
+from .config import PruneConfig
+from .engine import prune
+from .errors import UsageError
+from .evaluate import evaluate_perplexity
+from .masks import Target
+from .models import load_model
+from .perplexity import perplexity
+from .save import save_pruned
+from .solvers import SOLVERS
+
+__all__ = [
+    "PruneConfig",
+    "SOLVERS",
+    "Target",
+    "UsageError",
+    "evaluate_perplexity",
+    "load_model",
+    "perplexity",
+    "prune",
+    "save_pruned",
+]
+__version__ = "0.1.0"

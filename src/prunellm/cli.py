@@ -71,6 +71,8 @@ def _prune_config(args: argparse.Namespace):
         "max_seq_length": args.seqlen,
         "seed": args.seed,
         "propagate": args.propagate,
+        "mask_selection": args.mask_selection,
+        "block_size": args.block_size,
         "calibration_batch_size": args.calib_batch_size,
         "targets": args.targets,
         "ignore": args.ignore,
@@ -138,13 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="prune a model and save it with prune_report.json")
     _add_model_args(pr)
     pr.add_argument("--config", help="YAML recipe (flat fields or an llm-compressor style recipe); flags override it")
-    pr.add_argument("--solver", help="magnitude, wanda or sparsegpt (default wanda)")
+    pr.add_argument("--solver", help="magnitude, wanda, sparsegpt or mrp (default wanda)")
     pr.add_argument("--sparsity", type=float, help="unstructured target in [0, 1) (default 0.5)")
     pr.add_argument("--pattern", help="N:M semi-structured: prune N of every M inputs, e.g. 2:4")
     pr.add_argument("--calib", help="calibration data: wikitext2, ptb, c4, text:PATH, jsonl:PATH (default wikitext2)")
     pr.add_argument("--nsamples", type=_positive_int, help="calibration samples (default 128)")
     pr.add_argument("--seqlen", type=_positive_int, help="calibration sample length (default 2048)")
     pr.add_argument("--seed", type=int, help="calibration sampling seed (default 0)")
+    pr.add_argument("--mask-selection", choices=["score", "loss"],
+                    help="mrp mask: score w²/[H⁻¹]_jj (default) or least multiple-removal loss (N:M only)")
+    pr.add_argument("--block-size", type=_positive_int, help="sparsegpt/mrp column block (default 128)")
     pr.add_argument("--propagate", choices=["pruned", "dense"], help="next block's inputs (default pruned)")
     pr.add_argument("--calib-batch-size", type=_positive_int, help="samples per block forward (default 8)")
     pr.add_argument("--targets", type=_csv, help="layers to prune: class names or re:patterns (default Linear)")

@@ -39,6 +39,7 @@ class PruneConfig:
     calibration_batch_size: int = 8  # samples run through a block at once
     block_size: int = 128  # SparseGPT lazy-update block
     dampening_frac: float = 0.01  # SparseGPT / MRP Hessian dampening
+    mask_selection: str = "score"  # MRP: "score" (w²/[H⁻¹]_jj, Solution S) or "loss" (Solution M, N:M)
     data_dir: str | None = None
 
     @property
@@ -73,6 +74,10 @@ class PruneConfig:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_seq_length < 2:
             raise UsageError(f"max_seq_length must be at least 2, got {self.max_seq_length}")
+        if self.mask_selection not in ("score", "loss"):
+            raise UsageError(f"mask_selection must be 'score' or 'loss', got {self.mask_selection!r}")
+        if self.mask_selection == "loss" and not m:
+            raise UsageError("mask_selection 'loss' (Solution M) needs an N:M mask_structure")
         if not 0.0 < self.dampening_frac:
             raise UsageError(f"dampening_frac must be positive, got {self.dampening_frac}")
         return self

@@ -124,6 +124,7 @@ def prune(
                 targets[name],
                 block_size=config.block_size,
                 dampening_frac=config.dampening_frac,
+                mask_selection=config.mask_selection,
             )
             set_weight(module, result.weight)
             weight = module.weight

@@ -67,4 +67,4 @@ def register(name: str, needs: set[str] | frozenset[str] = frozenset()) -> Calla
     return wrap
 
 
-from . import magnitude, sparsegpt, wanda  # noqa: E402,F401  (registration side effects)
+from . import magnitude, mrp, sparsegpt, wanda  # noqa: E402,F401  (registration side effects)

@@ -1,0 +1,166 @@
+"""Optimal multiple removal (Zhao et al., EMNLP 2024 Findings): prune a row's chosen weights together.
+
+For one row w, inverse Hessian H⁻¹ and pruned set P, the exact optimum of ½ δ H δᵀ with (w + δ)_P = 0 is
+    δ = −w_P (H⁻¹[P,P])⁻¹ H⁻¹[P,:],   loss = ½ w_P (H⁻¹[P,P])⁻¹ w_Pᵀ.
+Blockwise form (as `vectozavr/thanos`): per column block B the inverse Hessian of the columns not yet
+fixed is Uᵀ[i1:,i1:]U[i1:,i1:] with U the upper Cholesky factor of H⁻¹, so H⁻¹_rem[B, i1:] = U_Bᵀ U[B, i1:].
+Every row's |P|×|P| system is solved in one batched Cholesky call (rows padded with identity),
+the update is applied to the block and all later columns at once. `block_size ≥ columns` is the
+whole-row exact solver. Masks: "score" = w²/[H⁻¹]_jj (Solution S); "loss" = for N:M, the group
+pattern of least multiple-removal loss among all C(M, N) (Solution M).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..errors import UsageError
+from ..masks import Target, lowest_k
+from . import LayerStats, PruneResult, register
+from .sparsegpt import inverse_hessian_factor, prepare_hessian
+
+ROW_CHUNK = 512  # rows solved per batched call, bounds the (rows × q × q) workspace
+
+
+def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Solve a batch of SPD systems a x = b; systems that fail Cholesky get 10× growing jitter.
+
+    Returns the solutions and how many systems needed the jitter.
+    """
+    chol, info = torch.linalg.cholesky_ex(a)
+    bad = info != 0
+    if bad.any():
+        scale = torch.diagonal(a[bad], dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        for k in range(1, 12):
+            fixed, finfo = torch.linalg.cholesky_ex(a[bad] + (10.0**k * 1e-12) * scale[:, None, None] * eye)
+            if (finfo == 0).all():
+                chol[bad] = fixed
+                break
+        else:
+            raise torch.linalg.LinAlgError("multiple-removal system is not positive definite")
+    return torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1), int(bad.sum())
+
+
+def solve_rows(w: torch.Tensor, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """λ with λ_P = (A[P,P])⁻¹ w_P per row (zero off P), and each row's loss ½ w_P·λ_P.
+
+    `w` (rows × B) current weights of the block, `a` (B × B) the block's inverse Hessian, `mask` the
+    pruned positions. Rows with fewer pruned weights are padded with identity so one call solves all.
+    """
+    rows, width = w.shape
+    lam = torch.zeros_like(w)
+    counts = mask.sum(1)
+    qmax = int(counts.max()) if rows else 0
+    fallbacks = 0
+    if qmax == 0:
+        return lam, torch.zeros(rows, dtype=w.dtype), 0
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :qmax]  # pruned first
+    slot = torch.arange(qmax)
+    for r0 in range(0, rows, ROW_CHUNK):
+        idx, valid = order[r0 : r0 + ROW_CHUNK], slot < counts[r0 : r0 + ROW_CHUNK, None]
+        sub = a[idx[:, :, None], idx[:, None, :]]
+        pair = valid[:, :, None] & valid[:, None, :]
+        sub = torch.where(pair, sub, torch.diag_embed(torch.ones_like(sub[..., 0])))
+        rhs = torch.gather(w[r0 : r0 + ROW_CHUNK], 1, idx) * valid
+        x, bad = _spd_solve(sub, rhs)
+        fallbacks += bad
+        lam[r0 : r0 + ROW_CHUNK].scatter_(1, idx, x * valid)
+    return lam, 0.5 * (lam * w).sum(1), fallbacks
+
+
+def group_patterns(n: int, m: int) -> torch.Tensor:
+    """All C(m, n) ways to prune n of m positions, as a boolean (patterns × m) table."""
+    table = torch.zeros(0, m, dtype=torch.bool)
+    combos = list(itertools.combinations(range(m), n))
+    if combos:
+        table = torch.zeros(len(combos), m, dtype=torch.bool)
+        for i, combo in enumerate(combos):
+            table[i, list(combo)] = True
+    return table
+
+
+def best_group_patterns(w: torch.Tensor, a: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Solution M for N:M: in each group of m columns, the pattern with the least multiple-removal loss.
+
+    The loss of pattern P in a group is ½ w_P (A[P,P])⁻¹ w_Pᵀ with A the group's inverse Hessian block.
+    """
+    rows, width = w.shape
+    patterns = group_patterns(n, m)
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    for g in range(0, width, m):
+        wg, ag = w[:, g : g + m], a[g : g + m, g : g + m]
+        idx = torch.stack([torch.nonzero(p).squeeze(1) for p in patterns])  # (patterns × n)
+        sub = ag[idx[:, :, None], idx[:, None, :]]  # (patterns × n × n)
+        inv = torch.linalg.inv(sub)
+        wp = wg[:, idx]  # (rows × patterns × n)
+        loss = torch.einsum("rpi,pij,rpj->rp", wp, inv, wp)
+        mask[:, g : g + m] = patterns[loss.argmin(1)]  # argmin: first of equal losses, deterministic
+    return mask
+
+
+def choose_mask(w: torch.Tensor, a: torch.Tensor, target: Target, selection: str) -> torch.Tensor:
+    """The block's mask: Solution S (score w²/[H⁻¹]_jj, per block or per N:M group) or Solution M (N:M)."""
+    if selection == "loss":
+        if not target.is_nm:
+            raise UsageError("mrp mask selection 'loss' (Solution M) is defined for N:M patterns only")
+        return best_group_patterns(w, a, target.n, target.m)
+    scores = w**2 / torch.diagonal(a).unsqueeze(0)
+    if target.is_nm:
+        rows, width = w.shape
+        return lowest_k(scores.reshape(rows, width // target.m, target.m), target.n).view(rows, width)
+    return lowest_k(scores.flatten(), int(scores.numel() * target.sparsity)).view_as(w)
+
+
+def mrp_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    target: Target,
+    block_size: int = 128,
+    dampening_frac: float = 0.01,
+    selection: str = "score",
+    fixed_mask: torch.Tensor | None = None,
+) -> PruneResult:
+    """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations)."""
+    W = weight.double().clone()
+    U, used_damp = inverse_hessian_factor(hessian.double(), dampening_frac)
+    rows, cols = W.shape
+    if target.is_nm:
+        block_size = max(target.m, block_size - block_size % target.m)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    losses = torch.zeros(rows, dtype=torch.float64)
+    fallbacks = 0
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        Ub = U[i1:i2, i1:i2]
+        a = Ub.T @ Ub  # H⁻¹ of the not-yet-fixed columns, restricted to this block
+        w = W[:, i1:i2]
+        block_mask = fixed_mask[:, i1:i2] if fixed_mask is not None else choose_mask(w, a, target, selection)
+        lam, loss, bad = solve_rows(w, a, block_mask)
+        W[:, i1:] -= lam @ (Ub.T @ U[i1:i2, i1:])
+        W[:, i1:i2].masked_fill_(block_mask, 0)
+        mask[:, i1:i2] = block_mask
+        losses += loss
+        fallbacks += bad
+    info = {"loss": float(losses.sum())}
+    if used_damp != dampening_frac:
+        info["dampening_frac"] = used_damp
+    if fallbacks:
+        info["jittered_systems"] = fallbacks
+    return PruneResult(W.float(), mask, info)
+
+
+@register("mrp", needs={"hessian"})
+def mrp(
+    weight: torch.Tensor,
+    stats: LayerStats,
+    target: Target,
+    block_size: int = 128,
+    dampening_frac: float = 0.01,
+    mask_selection: str = "score",
+    **_,
+) -> PruneResult:
+    W, H = prepare_hessian(weight.float(), stats)
+    return mrp_prune(W, H, target, block_size, dampening_frac, mask_selection)
