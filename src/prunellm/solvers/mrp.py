@@ -48,26 +48,30 @@ def solve_rows(w: torch.Tensor, a: torch.Tensor, mask: torch.Tensor) -> tuple[to
     """λ with λ_P = (A[P,P])⁻¹ w_P per row (zero off P), and each row's loss ½ w_P·λ_P.
 
     `w` (rows × B) current weights of the block, `a` (B × B) the block's inverse Hessian, `mask` the
-    pruned positions. Rows with fewer pruned weights are padded with identity so one call solves all.
+    pruned positions. Rows are solved in chunks of similar |P|; shorter rows are padded with identity
+    (indices into an identity block appended to `a`), so each chunk is one batched Cholesky call.
     """
     rows, width = w.shape
     lam = torch.zeros_like(w)
     counts = mask.sum(1)
-    qmax = int(counts.max()) if rows else 0
     fallbacks = 0
-    if qmax == 0:
-        return lam, torch.zeros(rows, dtype=w.dtype), 0
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :qmax]  # pruned first
-    slot = torch.arange(qmax)
-    for r0 in range(0, rows, ROW_CHUNK):
-        idx, valid = order[r0 : r0 + ROW_CHUNK], slot < counts[r0 : r0 + ROW_CHUNK, None]
-        sub = a[idx[:, :, None], idx[:, None, :]]
-        pair = valid[:, :, None] & valid[:, None, :]
-        sub = torch.where(pair, sub, torch.diag_embed(torch.ones_like(sub[..., 0])))
-        rhs = torch.gather(w[r0 : r0 + ROW_CHUNK], 1, idx) * valid
-        x, bad = _spd_solve(sub, rhs)
+    a_ext = torch.block_diag(a, torch.eye(width, dtype=a.dtype))
+    w_ext = torch.cat([w, torch.zeros_like(w)], dim=1)
+    slot = torch.arange(width)
+    # pruned positions first (stable: in column order), then pad indices width + slot
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    by_count = torch.argsort(counts, stable=True)
+    for c0 in range(0, rows, ROW_CHUNK):
+        chunk = by_count[c0 : c0 + ROW_CHUNK]
+        q = int(counts[chunk].max())
+        if q == 0:
+            continue
+        valid = slot[:q] < counts[chunk, None]
+        idx = torch.where(valid, order[chunk, :q], width + slot[:q])
+        sub = a_ext[idx[:, :, None], idx[:, None, :]]
+        x, bad = _spd_solve(sub, torch.gather(w_ext[chunk], 1, idx))
         fallbacks += bad
-        lam[r0 : r0 + ROW_CHUNK].scatter_(1, idx, x * valid)
+        lam[chunk] = torch.zeros(len(chunk), 2 * width, dtype=w.dtype).scatter_(1, idx, x)[:, :width]
     return lam, 0.5 * (lam * w).sum(1), fallbacks
 
 
@@ -138,7 +142,8 @@ def mrp_prune(
         a = Ub.T @ Ub  # H⁻¹ of the not-yet-fixed columns, restricted to this block
         w = W[:, i1:i2]
         block_mask = fixed_mask[:, i1:i2] if fixed_mask is not None else choose_mask(w, a, target, selection)
-        lam, loss, bad = solve_rows(w, a, block_mask)
+        lam, loss, bad = solve_rows(w.float(), a.float(), block_mask)  # float32 systems, float64 factor
+        lam, loss = lam.double(), loss.double()
         W[:, i1:] -= lam @ (Ub.T @ U[i1:i2, i1:])
         W[:, i1:i2].masked_fill_(block_mask, 0)
         mask[:, i1:i2] = block_mask
