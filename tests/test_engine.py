@@ -152,3 +152,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     with pytest.raises(UsageError, match="exists"):
         save_pruned(model, None, {"config": {}}, tmp_path / "out")
+
+
+def test_on_layer_sees_dense_weight_and_result():
+    model = tiny_model("llama")
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    seen = {}
+    prune(model, None, PruneConfig(solver="sparsegpt", sparsity=0.5), calibration_ids=calib_ids(), progress=False,
+          on_layer=lambda name, dense, stats, result: seen.setdefault(name, (dense, stats, result)))
+    dense, stats, result = seen["model.layers.0.self_attn.q_proj"]
+    assert len(seen) == 14 and torch.equal(dense, q) and stats.xtx is not None
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, result.weight)

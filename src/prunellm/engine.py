@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from .config import PruneConfig
 from .data import calibration_batch
 from .errors import UsageError
 from .masks import Target
-from .solvers import SOLVERS, LayerStats
+from .solvers import SOLVERS, LayerStats, PruneResult
 from .stats import StatsCollector
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,13 @@ def prune(
     calibration_ids: torch.Tensor | None = None,
     layer_targets: Mapping[str, Target] | None = None,
     progress: bool = True,
+    on_layer: Callable[[str, torch.Tensor, LayerStats, PruneResult], None] | None = None,
 ) -> dict:
     """Prune `model` in place and return the report (per-layer targets and sparsity, timings, memory).
 
     `layer_targets` overrides the uniform target per layer (full module name → Target); this is how
     a layer-wise allocation feeds the engine. `calibration_ids` (N × T) skips loading calibration data.
+    `on_layer(name, dense_weight, stats, result)` sees every solved layer (benchmarks, diagnostics).
     """
     config = (config or PruneConfig()).validate()
     solver = SOLVERS[config.solver]
@@ -118,8 +120,11 @@ def prune(
         for name, module in layers.items():
             t0 = time.perf_counter()
             stats = collector.get(name) if collector else LayerStats()
+            dense_weight = get_weight(module)
+            if on_layer is not None:
+                dense_weight = dense_weight.clone()  # set_weight writes in place; keep the dense copy
             result = solver.fn(
-                get_weight(module),
+                dense_weight,
                 stats,
                 targets[name],
                 block_size=config.block_size,
@@ -127,6 +132,8 @@ def prune(
                 mask_selection=config.mask_selection,
             )
             set_weight(module, result.weight)
+            if on_layer is not None:
+                on_layer(name, dense_weight, stats, result)
             weight = module.weight
             rows.append(
                 {
