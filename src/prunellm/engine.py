@@ -84,6 +84,7 @@ def prune(
 
     t_start = time.perf_counter()
     forward_s = 0.0
+    hook_s = 0.0  # time spent in on_layer, excluded from prune_s
     inputs = None
     if solver.needs:
         if calibration_ids is None:
@@ -132,8 +133,7 @@ def prune(
                 mask_selection=config.mask_selection,
             )
             set_weight(module, result.weight)
-            if on_layer is not None:
-                on_layer(name, dense_weight, stats, result)
+            solve_s = time.perf_counter() - t0
             weight = module.weight
             rows.append(
                 {
@@ -142,10 +142,14 @@ def prune(
                     **({"pattern": str(targets[name])} if targets[name].is_nm else {}),
                     "sparsity": float((weight == 0).sum()) / weight.numel(),
                     "numel": weight.numel(),
-                    "solve_s": round(time.perf_counter() - t0, 4),
+                    "solve_s": round(solve_s, 4),
                     **result.info,
                 }
             )
+            if on_layer is not None:
+                t0 = time.perf_counter()
+                on_layer(name, dense_weight, stats, result)
+                hook_s += time.perf_counter() - t0
         del collector
         if inputs is not None:
             if config.propagate == "dense":
@@ -155,7 +159,7 @@ def prune(
                 t0 = time.perf_counter()
                 inputs.hidden = [run_block(block, h, inputs.calls[i][j]) for j, h in enumerate(inputs.hidden)]
                 forward_s += time.perf_counter() - t0
-    prune_s = time.perf_counter() - t_start
+    prune_s = time.perf_counter() - t_start - hook_s
 
     total = sum(r["numel"] for r in rows)
     zeros = sum(r["sparsity"] * r["numel"] for r in rows)
