@@ -68,7 +68,7 @@ def tiny_folder(tmp_path):
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     config = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64)
+                           num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
     folder = tmp_path / "tiny-llama"
     T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)

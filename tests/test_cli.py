@@ -61,7 +61,8 @@ def _prune(folder, out, *extra):
 def test_prune_writes_loadable_folder_with_report(tiny_folder, shared_data, tmp_path):
     out = tmp_path / "pruned"
     rc = _prune(tiny_folder, out, "--solver", "sparsegpt", "--sparsity", "0.6", "--data-dir", shared_data,
-                "--eval-ppl", "wikitext2", "--eval-seqlen", "32", "--eval-max-windows", "2", "--eval-dense")
+                "--eval-ppl", "wikitext2", "--eval-seqlen", "32", "--eval-max-windows", "2", "--eval-dense",
+                "--eval-tasks", "rte", "--eval-limit", "4")
     assert rc == 0
     report = json.loads((out / REPORT).read_text())
     assert report["config"]["solver"] == "sparsegpt" and report["config"]["sparsity"] == 0.6
@@ -69,6 +70,7 @@ def test_prune_writes_loadable_folder_with_report(tiny_folder, shared_data, tmp_
     assert {"name", "target", "sparsity"} <= set(report["layers"][0])
     assert set(report["timings"]) == {"calib_forward_s", "prune_s"} and report["peak_rss_mb"] > 0
     assert set(report["perplexity"]) == {"wikitext2"} and set(report["perplexity_dense"]) == {"wikitext2"}
+    assert report["zeroshot"]["tasks"]["rte"]["samples"] == 4
     model = AutoModelForCausalLM.from_pretrained(out)
     q = model.model.layers[0].self_attn.q_proj.weight
     assert (q == 0).float().mean().item() == pytest.approx(0.6, abs=0.02)

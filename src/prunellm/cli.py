@@ -43,13 +43,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .report import format_table, write_json
 
     name = _model_name(args)
+    ppl = args.ppl if args.ppl is not None else ([] if args.tasks else ["wikitext2"])
+    if args.tasks:
+        from .zeroshot import task_configs
+
+        task_configs(args.tasks, args.data_dir)  # unknown task names fail before the model loads
     model, tokenizer = load_model(name, dtype=args.dtype)
-    result = evaluate_perplexity(
-        model, tokenizer, args.ppl, args.seqlen, args.max_windows, args.batch_size, args.data_dir
-    )
-    result = {"model": name, **result}
-    rows = [[ds, ppl] for ds, ppl in result["perplexity"].items()]
-    print(format_table(["dataset", f"perplexity (seqlen {args.seqlen})"], rows))
+    result: dict = {"model": name}
+    if ppl:
+        result.update(evaluate_perplexity(model, tokenizer, ppl, args.seqlen, args.max_windows, args.batch_size,
+                                          args.data_dir))
+        rows = [[ds, value] for ds, value in result["perplexity"].items()]
+        print(format_table(["dataset", f"perplexity (seqlen {args.seqlen})"], rows))
+    if args.tasks:
+        from .zeroshot import evaluate_zeroshot, zeroshot_rows
+
+        result["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.tasks, args.limit, args.batch_size,
+                                               args.data_dir)
+        print(format_table(["task", "acc", "acc_norm", "acc_stderr", "samples"], zeroshot_rows(result["zeroshot"])))
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -97,6 +108,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     config = _prune_config(args)
     check_output(args.output, args.overwrite)
+    if args.eval_tasks:
+        from .zeroshot import task_configs
+
+        task_configs(args.eval_tasks, config.data_dir)
     name = _model_name(args)
     model, tokenizer = load_model(name, dtype=args.dtype)
 
@@ -112,6 +127,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report.update(perplexity=after["perplexity"], eval={"seqlen": after["seqlen"], "windows": after["windows"]})
         if dense:
             report["perplexity_dense"] = dense["perplexity"]
+    if args.eval_tasks:
+        from .zeroshot import evaluate_zeroshot, zeroshot_rows
+
+        report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
+                                               data_dir=config.data_dir)
     save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite)
 
     t = report["timings"]
@@ -120,6 +140,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.eval_ppl:
         rows = [[ds, (dense or {}).get("perplexity", {}).get(ds, "-"), v] for ds, v in report["perplexity"].items()]
         print(format_table(["dataset", "ppl dense", "ppl pruned"], rows))
+    if args.eval_tasks:
+        print(format_table(["task", "acc", "acc_norm", "acc_stderr", "samples"], zeroshot_rows(report["zeroshot"])))
     print(f"wrote {args.output}")
     return 0
 
@@ -130,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="perplexity of a model (built-in, folder or hub id)")
     _add_model_args(ev)
-    ev.add_argument("--ppl", type=_csv, default=["wikitext2"], help="datasets, comma separated (default wikitext2)")
+    ev.add_argument("--ppl", type=_csv, help="perplexity datasets, comma separated (default wikitext2 unless --tasks)")
+    ev.add_argument("--tasks", type=_csv, default=[], help="zero-shot tasks through lm-eval, e.g. piqa,hellaswag")
+    ev.add_argument("--limit", type=_positive_int, help="evaluate only the first N examples of each task")
     ev.add_argument("--seqlen", type=_positive_int, default=2048, help="evaluation window (default 2048)")
     ev.add_argument("--max-windows", type=_positive_int, help="evaluate only the first N windows")
-    ev.add_argument("--batch-size", type=_positive_int, default=1, help="windows per forward pass")
+    ev.add_argument("--batch-size", type=_positive_int, default=1, help="windows / requests per forward pass")
     ev.add_argument("--json", help="write results to this JSON file")
     ev.set_defaults(func=_cmd_eval)
 
@@ -160,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-dense", action="store_true", help="also evaluate the dense model first")
     pr.add_argument("--eval-seqlen", type=_positive_int, default=2048, help="evaluation window (default 2048)")
     pr.add_argument("--eval-max-windows", type=_positive_int, help="evaluate only the first N windows")
+    pr.add_argument("--eval-tasks", type=_csv, default=[], help="zero-shot tasks after pruning (lm-eval)")
+    pr.add_argument("--eval-limit", type=_positive_int, help="first N examples of each zero-shot task")
     pr.set_defaults(func=_cmd_prune)
     return parser
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .hub import hub_reachable
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def _read_local(name: str, path: Path) -> list[str]:
 
 
 def _read_hub(corpus: Corpus, split: str) -> list[str]:
+    if not hub_reachable():
+        raise OSError("the hub is unreachable")
     try:
         import datasets  # optional: only for machines with hub access
     except ImportError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +160,6 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers at all (this machine may have no internet)."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
     """Load a causal LM and its tokenizer by built-in name, folder or hub id; returns (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,7 +168,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source = resolve_model(name_or_path)
     # A hub id: use the local HF cache if it has the model, and only go online if the hub answers.
-    local_only = not Path(source).exists() and not _hub_reachable()
+    local_only = not Path(source).exists() and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=local_only)
