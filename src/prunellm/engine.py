@@ -17,14 +17,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .blocks import BlockStack, derived_inputs, find_blocks, get_weight, prunable_layers, set_weight
-from .capture import capture_inputs, run_block
+from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
+from .calibration import BlockStream
 from .config import PruneConfig
 from .data import calibration_batch
 from .errors import UsageError
 from .masks import Target
 from .solvers import SOLVERS, LayerStats, PruneResult
-from .stats import StatsCollector
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,26 @@ def _check_targets(per_block: list[dict[str, nn.Module]], targets: Mapping[str, 
                 raise UsageError(f"{name}: sparsity must be in [0, 1), got {target.sparsity}")
 
 
+def _calibration_ids(tokenizer, config: PruneConfig) -> torch.Tensor:
+    if tokenizer is None:
+        raise UsageError(f"solver {config.solver!r} needs calibration data: pass a tokenizer or calibration_ids")
+    return calibration_batch(tokenizer, config.dataset, config.num_calibration_samples, config.max_seq_length,
+                             config.seed, config.data_dir)
+
+
+def _layer_row(name: str, module: nn.Module, target: Target, solve_s: float, result: PruneResult) -> dict:
+    weight = module.weight
+    return {
+        "name": name,
+        "target": target.ratio,
+        **({"pattern": str(target)} if target.is_nm else {}),
+        "sparsity": float((weight == 0).sum()) / weight.numel(),
+        "numel": weight.numel(),
+        "solve_s": round(solve_s, 4),
+        **result.info,
+    }
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -83,47 +102,26 @@ def prune(
     model.eval()
 
     t_start = time.perf_counter()
-    forward_s = 0.0
     hook_s = 0.0  # time spent in on_layer, excluded from prune_s
-    inputs = None
+    rows: list[dict] = []
+    bar = tqdm(total=len(stack), desc=f"{config.solver} prune", unit="block", disable=not progress)
+    stream = None
     if solver.needs:
         if calibration_ids is None:
-            if tokenizer is None:
-                raise UsageError(f"solver {config.solver!r} needs calibration data: pass a tokenizer or calibration_ids")
-            calibration_ids = calibration_batch(
-                tokenizer,
-                config.dataset,
-                config.num_calibration_samples,
-                config.max_seq_length,
-                config.seed,
-                config.data_dir,
-            )
-        t0 = time.perf_counter()
-        inputs = capture_inputs(model, stack, calibration_ids, config.calibration_batch_size)
-        forward_s += time.perf_counter() - t0
-
-    rows = []
-    bar = tqdm(list(enumerate(stack.blocks)), desc=f"{config.solver} prune", unit="block", disable=not progress)
-    for i, block in bar:
-        layers = per_block[i]
-        collector = None
-        dense_out = []
-        if inputs is not None:
-            bar.set_postfix_str("calibrate")
-            collector = StatsCollector(layers, solver.needs, derived_inputs(block, f"{stack.path}.{i}"))
-            for j, hidden in enumerate(inputs.hidden):
-                out = run_block(block, hidden, inputs.calls[i][j])
-                collector.end_batch()
-                if config.propagate == "dense":
-                    dense_out.append(out)
-            collector.remove()
+            calibration_ids = _calibration_ids(tokenizer, config)
+        stream = BlockStream(model, stack, per_block, calibration_ids, solver.needs,
+                             config.calibration_batch_size, config.propagate)
+        blocks = iter(stream)
+    else:
+        blocks = ((i, None) for i in range(len(stack)))
+    for i, collector in blocks:
         bar.set_postfix_str("solve")
-        for name, module in layers.items():
-            t0 = time.perf_counter()
+        for name, module in per_block[i].items():
             stats = collector.get(name) if collector else LayerStats()
             dense_weight = get_weight(module)
             if on_layer is not None:
                 dense_weight = dense_weight.clone()  # set_weight writes in place; keep the dense copy
+            t0 = time.perf_counter()
             result = solver.fn(
                 dense_weight,
                 stats,
@@ -133,32 +131,14 @@ def prune(
                 mask_selection=config.mask_selection,
             )
             set_weight(module, result.weight)
-            solve_s = time.perf_counter() - t0
-            weight = module.weight
-            rows.append(
-                {
-                    "name": name,
-                    "target": targets[name].ratio,
-                    **({"pattern": str(targets[name])} if targets[name].is_nm else {}),
-                    "sparsity": float((weight == 0).sum()) / weight.numel(),
-                    "numel": weight.numel(),
-                    "solve_s": round(solve_s, 4),
-                    **result.info,
-                }
-            )
+            rows.append(_layer_row(name, module, targets[name], time.perf_counter() - t0, result))
             if on_layer is not None:
                 t0 = time.perf_counter()
                 on_layer(name, dense_weight, stats, result)
                 hook_s += time.perf_counter() - t0
-        del collector
-        if inputs is not None:
-            if config.propagate == "dense":
-                inputs.hidden = dense_out
-            else:
-                bar.set_postfix_str("propagate")
-                t0 = time.perf_counter()
-                inputs.hidden = [run_block(block, h, inputs.calls[i][j]) for j, h in enumerate(inputs.hidden)]
-                forward_s += time.perf_counter() - t0
+        bar.update(1)
+    bar.close()
+    forward_s = stream.forward_s if stream else 0.0
     prune_s = time.perf_counter() - t_start - hook_s
 
     total = sum(r["numel"] for r in rows)
