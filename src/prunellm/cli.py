@@ -83,6 +83,10 @@ def _prune_config(args: argparse.Namespace):
         "seed": args.seed,
         "propagate": args.propagate,
         "mask_selection": args.mask_selection,
+        "allocation": args.allocation,
+        "owl_m": args.owl_m,
+        "owl_lmbda": args.owl_lambda,
+        "alpha_epsilon": args.alpha_epsilon,
         "block_size": args.block_size,
         "calibration_batch_size": args.calib_batch_size,
         "targets": args.targets,
@@ -171,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--nsamples", type=_positive_int, help="calibration samples (default 128)")
     pr.add_argument("--seqlen", type=_positive_int, help="calibration sample length (default 2048)")
     pr.add_argument("--seed", type=int, help="calibration sampling seed (default 0)")
+    pr.add_argument("--allocation", help="layer-wise sparsity: uniform (default), owl, alpha")
+    pr.add_argument("--owl-m", type=float, help="OWL outlier threshold, × mean score (default 5)")
+    pr.add_argument("--owl-lambda", type=float, help="OWL spread (default 0.08; an integer N shift for N:M)")
+    pr.add_argument("--alpha-epsilon", type=float, help="AlphaPruning spread ε (default 0.3)")
     pr.add_argument("--mask-selection", choices=["score", "loss"],
                     help="mrp mask: score w²/[H⁻¹]_jj (default) or least multiple-removal loss (N:M only)")
     pr.add_argument("--block-size", type=_positive_int, help="sparsegpt/mrp column block (default 128)")

@@ -40,7 +40,15 @@ class PruneConfig:
     block_size: int = 128  # SparseGPT lazy-update block
     dampening_frac: float = 0.01  # SparseGPT / MRP Hessian dampening
     mask_selection: str = "score"  # MRP: "score" (w²/[H⁻¹]_jj, Solution S) or "loss" (Solution M, N:M)
+    allocation: str = "uniform"  # layer-wise allocation: uniform, owl, alpha
+    owl_m: float = 5.0  # OWL outlier threshold (× mean score)
+    owl_lmbda: float = 0.08  # OWL spread (llm-compressor's spelling); an integer N shift for N:M
+    alpha_epsilon: float = 0.3  # AlphaPruning spread: ratios in [1−ε, 1+ε] × target
     data_dir: str | None = None
+
+    def allocation_options(self) -> dict[str, float]:
+        """The options every allocation's measure/allocate functions receive (each takes what it uses)."""
+        return {"owl_m": self.owl_m, "owl_lambda": self.owl_lmbda, "alpha_epsilon": self.alpha_epsilon}
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -58,11 +66,16 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         """Raise `UsageError` on anything that cannot be run; returns self for chaining."""
+        from .allocation import ALLOCATIONS
         from .solvers import SOLVERS
 
         if self.solver not in SOLVERS:
             raise UsageError(f"unknown solver {self.solver!r}; choose one of {', '.join(sorted(SOLVERS))}")
+        if self.allocation not in ALLOCATIONS:
+            raise UsageError(f"unknown allocation {self.allocation!r}; choose one of {', '.join(sorted(ALLOCATIONS))}")
         n, m = self.nm
+        if self.allocation == "alpha" and m:
+            raise UsageError("allocation 'alpha' is for unstructured sparsity; use --sparsity")
         if not m and not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if m and self.block_size % m:

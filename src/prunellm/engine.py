@@ -23,6 +23,7 @@ from .config import PruneConfig
 from .data import calibration_batch
 from .errors import UsageError
 from .masks import Target
+from .allocation import ALLOCATIONS
 from .solvers import SOLVERS, LayerStats, PruneResult
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,22 @@ def prune(
     stack, per_block = model_layers(model, config)
     uniform = config.target()
     targets = {name: uniform for layers in per_block for name in layers}
-    targets.update(layer_targets or {})
-    _check_targets(per_block, targets)
     model.eval()
 
     t_start = time.perf_counter()
+    allocation = None
+    if layer_targets is None and config.allocation != "uniform":
+        from .profile import allocate_targets
+
+        needs_data = solver.needs or ALLOCATIONS[config.allocation].needs
+        if needs_data and calibration_ids is None:
+            calibration_ids = _calibration_ids(tokenizer, config)
+        result, profile_s = allocate_targets(model, stack.path, stack, per_block, config, calibration_ids, progress)
+        layer_targets = result.targets
+        allocation = {"name": config.allocation, "statistic": result.stat_name, "per_block": result.block_stat,
+                      "profile_s": round(profile_s, 3), **result.info}
+    targets.update(layer_targets or {})
+    _check_targets(per_block, targets)
     hook_s = 0.0  # time spent in on_layer, excluded from prune_s
     rows: list[dict] = []
     bar = tqdm(total=len(stack), desc=f"{config.solver} prune", unit="block", disable=not progress)
@@ -147,6 +159,7 @@ def prune(
         "config": config.to_dict(),
         "blocks": {"path": stack.path, "count": len(stack)},
         "sparsity": zeros / total if total else 0.0,
+        **({"allocation": allocation} if allocation else {}),
         "layers": rows,
         "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
