@@ -116,3 +116,75 @@ def test_allocation_composes_with_every_solver_and_is_deterministic(allocation):
         assert sum(row["target"] * row["numel"] for row in report["layers"]) / total == pytest.approx(0.6, abs=1e-3)
         assert len(set(runs[-1].values())) > 1
     assert all(r == runs[0] for r in runs)  # targets depend on the dense model only
+
+
+def test_als_redundancy_is_uncentred_linear_cka():
+    from prunellm.allocation.als import gram, redundancy
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(40, d, generator=g, dtype=torch.float64) for d in (5, 7, 3)]
+    xs.append(xs[0] @ torch.randn(5, 6, generator=g, dtype=torch.float64))  # linear function of xs[0]
+    rm = redundancy([gram(x) for x in xs])
+    for i, a in enumerate(xs):
+        for j, b in enumerate(xs):
+            direct = (a.T @ b).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm())
+            assert rm[i, j].item() == pytest.approx(direct.item(), rel=1e-10)
+    assert torch.allclose(rm.diagonal(), torch.ones(4, dtype=torch.float64))
+    assert rm[0, 3] > rm[0, 1]
+
+
+def test_als_importance_and_suffix_mean():
+    from prunellm.allocation.als import importance, suffix_mean
+
+    rm = torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.0, 0.1], [0.2, 0.1, 1.0]], dtype=torch.float64)
+    rho = torch.tensor([0.7, 0.6, 0.3], dtype=torch.float64)
+    assert torch.allclose(importance(rm, "original"), torch.exp(-rho))
+    assert torch.allclose(importance(rm, "mu"), torch.exp(-rho / rm.mean(1)))
+    w = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert suffix_mean(w).tolist() == [7 / 3, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("sizes", [(1, 1, 1, 1, 1), (3, 1, 2, 1, 3)])
+def test_als_lp_equals_brute_force(sizes):
+    import itertools
+
+    import numpy as np
+
+    from prunellm.allocation.als import solve_lp
+
+    sizes = np.array(sizes, dtype=np.float64)
+    weights = np.array([0.9, 0.2, 0.5, 0.7, 0.1])
+    grid = np.round(np.arange(0.3, 0.7001, 0.05), 10)
+    best = None
+    for combo in itertools.product(grid, repeat=5):
+        s = np.array(combo)
+        if abs((s * sizes).sum() / sizes.sum() - 0.5) < 1e-9:
+            cost = (weights * sizes * s).sum()
+            best = cost if best is None else min(best, cost)
+    s = solve_lp(weights, sizes, 0.5, 0.3, 0.7, granularity=0.0)
+    assert (s * sizes).sum() / sizes.sum() == pytest.approx(0.5, abs=1e-9)
+    assert (s >= 0.3 - 1e-9).all() and (s <= 0.7 + 1e-9).all()
+    assert (weights * sizes * s).sum() <= best + 1e-9  # the LP optimum is never worse than any grid point
+    if (sizes == 1).all():  # equal sizes and a target on the grid: the optimum is itself on the grid
+        assert (weights * sizes * s).sum() == pytest.approx(best, abs=1e-9)
+    snapped = solve_lp(weights, sizes, 0.5, 0.3, 0.7, granularity=0.05)
+    assert (snapped * sizes).sum() / sizes.sum() == pytest.approx(0.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("direction", ["sparser", "denser"])
+def test_als_on_a_tiny_model_meets_target_and_bounds(direction):
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=96, max_position_embeddings=64)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    report = prunellm.prune(model, None, prunellm.PruneConfig(solver="wanda", sparsity=0.6, allocation="als",
+                            als_direction=direction), calibration_ids=calib_ids(), progress=False)
+    rows = report["layers"]
+    total = sum(r["numel"] for r in rows)
+    assert sum(r["target"] * r["numel"] for r in rows) / total == pytest.approx(0.6, abs=1e-3)
+    lo, hi = report["allocation"]["bounds"]
+    assert (lo, hi) == pytest.approx((0.4, 0.8))
+    assert all(lo - 1e-9 <= b <= hi + 1e-9 for b in report["allocation"]["block_sparsity"])
+    assert all(0 <= r["target"] < 1 for r in rows)

@@ -31,10 +31,13 @@ class BlockStream:
         needs: set[str] | frozenset[str],
         batch_size: int = 8,
         propagate: str = "pruned",
+        feature_tokens: int = 512,
     ):
         self.model, self.stack, self.per_block = model, stack, per_block
         self.calibration_ids, self.needs = calibration_ids, needs
         self.batch_size, self.propagate = batch_size, propagate
+        self.feature_tokens = feature_tokens
+        self.feature_stride = max(1, calibration_ids.numel() // feature_tokens)  # spread over all samples
         self.forward_s = 0.0  # capture + one forward of every block (the propagating one)
         self.phase = ""
 
@@ -44,7 +47,8 @@ class BlockStream:
         self.forward_s += time.perf_counter() - t0
         for i, block in enumerate(self.stack.blocks):
             self.phase = "calibrate"
-            collector = StatsCollector(self.per_block[i], self.needs, derived_inputs(block, f"{self.stack.path}.{i}"))
+            collector = StatsCollector(self.per_block[i], self.needs, derived_inputs(block, f"{self.stack.path}.{i}"),
+                                       self.feature_tokens, self.feature_stride)
             dense = self.propagate == "dense"
             t0 = time.perf_counter()
             outputs = []

@@ -87,6 +87,13 @@ def _prune_config(args: argparse.Namespace):
         "owl_m": args.owl_m,
         "owl_lmbda": args.owl_lambda,
         "alpha_epsilon": args.alpha_epsilon,
+        "als_features": args.als_features,
+        "als_norm": args.als_norm,
+        "als_decreasing": args.als_decreasing,
+        "als_bounds": args.als_bounds,
+        "als_granularity": args.als_granularity,
+        "als_direction": args.als_direction,
+        "profile_samples": args.profile_samples,
         "block_size": args.block_size,
         "calibration_batch_size": args.calib_batch_size,
         "targets": args.targets,
@@ -175,10 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--nsamples", type=_positive_int, help="calibration samples (default 128)")
     pr.add_argument("--seqlen", type=_positive_int, help="calibration sample length (default 2048)")
     pr.add_argument("--seed", type=int, help="calibration sampling seed (default 0)")
-    pr.add_argument("--allocation", help="layer-wise sparsity: uniform (default), owl, alpha")
+    pr.add_argument("--allocation", help="layer-wise sparsity: uniform (default), owl, als, alpha")
     pr.add_argument("--owl-m", type=float, help="OWL outlier threshold, × mean score (default 5)")
     pr.add_argument("--owl-lambda", type=float, help="OWL spread (default 0.08; an integer N shift for N:M)")
     pr.add_argument("--alpha-epsilon", type=float, help="AlphaPruning spread ε (default 0.3)")
+    pr.add_argument("--als-features", choices=["input", "output"], help="ALS features (default input)")
+    pr.add_argument("--als-norm", choices=["none", "feature", "feature+weight"], help="ALS normalization")
+    pr.add_argument("--als-decreasing", choices=["mu", "original"], help="ALS importance exp(-ρ/μ) or exp(-ρ)")
+    pr.add_argument("--als-bounds", type=lambda t: [float(x) for x in t.split(",")], help="ALS bounds LO,HI")
+    pr.add_argument("--als-granularity", type=float, help="ALS sparsity grid step (default 0.005)")
+    pr.add_argument("--als-direction", choices=["sparser", "denser"], help="ALS: more redundant ⇒ sparser/denser")
+    pr.add_argument("--profile-samples", type=_positive_int, help="calibration samples for the profiling pass")
     pr.add_argument("--mask-selection", choices=["score", "loss"],
                     help="mrp mask: score w²/[H⁻¹]_jj (default) or least multiple-removal loss (N:M only)")
     pr.add_argument("--block-size", type=_positive_int, help="sparsegpt/mrp column block (default 128)")

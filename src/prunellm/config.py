@@ -44,11 +44,23 @@ class PruneConfig:
     owl_m: float = 5.0  # OWL outlier threshold (× mean score)
     owl_lmbda: float = 0.08  # OWL spread (llm-compressor's spelling); an integer N shift for N:M
     alpha_epsilon: float = 0.3  # AlphaPruning spread: ratios in [1−ε, 1+ε] × target
+    als_features: str = "input"  # ALS features: input or output of each linear
+    als_norm: str = "feature+weight"  # ALS normalization: none, feature, feature+weight
+    als_decreasing: str = "mu"  # ALS importance: exp(−ρ/μ) ("mu") or exp(−ρ) ("original")
+    als_bounds: list[float] | None = None  # ALS per-layer sparsity bounds (default: target ± min(0.2, ...))
+    als_granularity: float = 0.005  # ALS sparsity grid step
+    als_direction: str = "sparser"  # ALS: more redundant ⇒ "sparser" (default) or "denser"
+    profile_samples: int | None = None  # calibration samples used by the profiling pass (default all)
     data_dir: str | None = None
 
     def allocation_options(self) -> dict[str, float]:
         """The options every allocation's measure/allocate functions receive (each takes what it uses)."""
-        return {"owl_m": self.owl_m, "owl_lambda": self.owl_lmbda, "alpha_epsilon": self.alpha_epsilon}
+        return {
+            "owl_m": self.owl_m, "owl_lambda": self.owl_lmbda, "alpha_epsilon": self.alpha_epsilon,
+            "als_features": self.als_features, "als_norm": self.als_norm, "als_decreasing": self.als_decreasing,
+            "als_bounds": tuple(self.als_bounds) if self.als_bounds else None,
+            "als_granularity": self.als_granularity, "als_direction": self.als_direction,
+        }
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -74,8 +86,18 @@ class PruneConfig:
         if self.allocation not in ALLOCATIONS:
             raise UsageError(f"unknown allocation {self.allocation!r}; choose one of {', '.join(sorted(ALLOCATIONS))}")
         n, m = self.nm
-        if self.allocation == "alpha" and m:
-            raise UsageError("allocation 'alpha' is for unstructured sparsity; use --sparsity")
+        if self.allocation in ("alpha", "als") and m:
+            raise UsageError(f"allocation {self.allocation!r} is for unstructured sparsity; use --sparsity")
+        choices = {"als_features": ("input", "output"), "als_norm": ("none", "feature", "feature+weight"),
+                   "als_decreasing": ("mu", "original"), "als_direction": ("sparser", "denser")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.als_bounds is not None:
+            lo, hi = self.als_bounds
+            target = n / m if m else self.sparsity
+            if not 0 <= lo <= target <= hi < 1:
+                raise UsageError(f"als_bounds [{lo}, {hi}] must satisfy 0 <= lo <= target ({target}) <= hi < 1")
         if not m and not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if m and self.block_size % m:

@@ -46,6 +46,8 @@ def allocate_targets(
     if allocation.measure is not None:
         bar = tqdm(total=len(per_block), desc=f"{config.allocation} profile", unit="block", disable=not progress)
         if allocation.needs:
+            if config.profile_samples:
+                calibration_ids = calibration_ids[: config.profile_samples]
             stream = BlockStream(model, stack, per_block, calibration_ids, allocation.needs,
                                  config.calibration_batch_size, propagate="dense")
             for i, collector in stream:

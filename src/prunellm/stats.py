@@ -22,8 +22,11 @@ class StatsCollector:
         layers: dict[str, nn.Module],
         needs: set[str] | frozenset[str],
         derived: dict[str, tuple[str, Callable]] | None = None,
+        feature_tokens: int = 512,
+        feature_stride: int = 1,
     ):
         self.needs = set(needs)
+        self.feature_tokens, self.feature_stride = feature_tokens, feature_stride
         self.stats: dict[str, LayerStats] = {}
         self.alias: dict[str, str] = {}  # layer -> layer whose accumulator it shares
         self._batch_inputs: list[tuple[torch.Tensor, str]] = []
@@ -65,6 +68,10 @@ class StatsCollector:
             st.sq_norms += x.square().sum(0, dtype=torch.float64)
         if st.xtx is not None:
             st.xtx.addmm_(x.t(), x)
+        if "features" in self.needs:
+            have = 0 if st.features is None else st.features.shape[0]
+            rows = x[self.feature_stride // 2 :: self.feature_stride][: self.feature_tokens - have]  # skips position 0
+            st.features = rows.clone() if st.features is None else torch.cat([st.features, rows])
         st.tokens += x.shape[0]
         st.samples += samples
 

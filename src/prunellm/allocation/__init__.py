@@ -70,4 +70,4 @@ def block_numels(layers: list[LayerInfo]) -> torch.Tensor:
     return counts
 
 
-from . import alpha, owl, uniform  # noqa: E402,F401  (registration side effects)
+from . import alpha, als, owl, uniform  # noqa: E402,F401  (registration side effects)

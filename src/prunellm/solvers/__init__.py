@@ -1,7 +1,8 @@
 """Per-layer solvers: pure functions from (weight, statistics, target) to a pruned weight and mask.
 
 A solver is one file that calls `register`; `SOLVERS[name]` finds it. Statistics it needs are
-declared so the engine only gathers what is used ("norms": Σ x_j² per input, "hessian": Σ x xᵀ).
+declared so the engine only gathers what is used ("norms": Σ x_j² per input, "hessian": Σ x xᵀ;
+"features": a fixed token subsample of the inputs, used by allocations).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class LayerStats:
 
     sq_norms: torch.Tensor | None = None  # Σ_tokens x_j², float64, (in,)
     xtx: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32, (in, in)
+    features: torch.Tensor | None = None  # a fixed strided subsample of input rows, (≤F, in) (allocations)
     tokens: int = 0
     samples: int = 0
 
