@@ -116,11 +116,11 @@ def prune(
     _check_targets(per_block, targets)
     hook_s = 0.0  # time spent in on_layer, excluded from prune_s
     rows: list[dict] = []
+    if solver.needs and calibration_ids is None:
+        calibration_ids = _calibration_ids(tokenizer, config)
     bar = tqdm(total=len(stack), desc=f"{config.solver} prune", unit="block", disable=not progress)
     stream = None
     if solver.needs:
-        if calibration_ids is None:
-            calibration_ids = _calibration_ids(tokenizer, config)
         stream = BlockStream(model, stack, per_block, calibration_ids, solver.needs,
                              config.calibration_batch_size, config.propagate)
         blocks = iter(stream)
