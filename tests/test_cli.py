@@ -122,3 +122,16 @@ def test_prune_refuses_existing_output(tiny_folder, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
     assert _prune(tiny_folder, out, "--solver", "magnitude", "--overwrite") == 0
     assert (out / REPORT).exists() and not (out / "keep.txt").exists()
+
+
+def test_prune_with_allocation_then_plot(tiny_folder, shared_data, tmp_path, capsys):
+    out = tmp_path / "owl"
+    assert _prune(tiny_folder, out, "--allocation", "owl", "--owl-m", "2", "--sparsity", "0.6",
+                  "--data-dir", shared_data) == 0
+    report = json.loads((out / REPORT).read_text())
+    assert report["allocation"]["name"] == "owl" and len(report["allocation"]["per_block"]) == 2
+    assert main(["plot", str(out)]) == 0
+    for name in ("allocation_heatmap.png", "allocation_statistic.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "prune_report.json not found" in _error_line(capsys)

@@ -157,6 +157,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_allocation
+
+    for path in plot_allocation(args.folder, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunellm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-tasks", type=_csv, default=[], help="zero-shot tasks after pruning (lm-eval)")
     pr.add_argument("--eval-limit", type=_positive_int, help="first N examples of each zero-shot task")
     pr.set_defaults(func=_cmd_prune)
+
+    pl = sub.add_parser("plot", help="draw a pruned folder's per-layer sparsity and allocation statistic (PNG)")
+    pl.add_argument("folder", help="a folder written by `prunellm prune`")
+    pl.add_argument("--out", help="where to write the PNGs (default: the folder itself)")
+    pl.set_defaults(func=_cmd_plot)
     return parser
 
 
