@@ -7,6 +7,7 @@
     prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50")
 """
 
+from .allocation import ALLOCATIONS
 from .config import PruneConfig
 from .engine import prune
 from .errors import UsageError
@@ -16,13 +17,16 @@ from .models import load_model
 from .perplexity import perplexity
 from .save import save_pruned
 from .solvers import SOLVERS
+from .zeroshot import evaluate_zeroshot
 
 __all__ = [
+    "ALLOCATIONS",
     "PruneConfig",
     "SOLVERS",
     "Target",
     "UsageError",
     "evaluate_perplexity",
+    "evaluate_zeroshot",
     "load_model",
     "perplexity",
     "prune",
