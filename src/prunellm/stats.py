@@ -65,7 +65,7 @@ class StatsCollector:
             if "hessian" in self.needs:
                 st.xtx = torch.zeros(width, width, dtype=torch.float32, device=x.device)
         if st.sq_norms is not None:
-            st.sq_norms += x.square().sum(0, dtype=torch.float64)
+            st.sq_norms += x.square().sum(0)  # float32 within a batch, float64 across batches
         if st.xtx is not None:
             st.xtx.addmm_(x.t(), x)
         if "features" in self.needs:
