@@ -1,6 +1,5 @@
 """Model resolution: built-in names use the converted cache, folders are checked, GGUF conversion end to end."""
 
-
 import pytest
 
 from prunellm import models
