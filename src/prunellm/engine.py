@@ -9,7 +9,6 @@ feeds the dense outputs instead).
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from typing import Callable, Mapping
 
@@ -23,15 +22,11 @@ from .config import PruneConfig
 from .data import calibration_batch
 from .errors import UsageError
 from .masks import Target
+from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
 from .allocation import ALLOCATIONS
 from .solvers import SOLVERS, LayerStats, PruneResult
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def model_layers(model: nn.Module, config: PruneConfig) -> tuple[BlockStack, list[dict[str, nn.Module]]]:
@@ -61,6 +56,14 @@ def _calibration_ids(tokenizer, config: PruneConfig) -> torch.Tensor:
         raise UsageError(f"solver {config.solver!r} needs calibration data: pass a tokenizer or calibration_ids")
     return calibration_batch(tokenizer, config.dataset, config.num_calibration_samples, config.max_seq_length,
                              config.seed, config.data_dir)
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if config is not None and getattr(config, key, None):
+            return int(getattr(config, key))
+    return 0
 
 
 def _layer_row(name: str, module: nn.Module, target: Target, solve_s: float, result: PruneResult) -> dict:
@@ -100,6 +103,8 @@ def prune(
     targets = {name: uniform for layers in per_block for name in layers}
     model.eval()
 
+    start_rss = current_rss_mb()
+    peak_is_own = reset_peak_rss()  # so the peak below is this pruning step's, not the model load's
     t_start = time.perf_counter()
     allocation = None
     if layer_targets is None and config.allocation != "uniform":
@@ -163,4 +168,13 @@ def prune(
         "layers": rows,
         "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "memory_mb": {
+            "rss_at_start": round(start_rss, 1),
+            "peak_is_this_step": peak_is_own,
+            "parameters": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
+            "block_activations": round(calibration_ids.numel() * _hidden_size(model) * 4 / 2**20, 1)
+            if calibration_ids is not None else 0.0,
+            "largest_hessian": round(max((get_weight(m).shape[1] ** 2 * 4 for layers in per_block
+                                          for m in layers.values()), default=0) / 2**20, 1),
+        },
     }
