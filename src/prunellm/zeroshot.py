@@ -18,6 +18,7 @@ from .errors import UsageError
 # The seven tasks the pruning papers average (Wanda, SparseGPT, OWL tables).
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 _MC = {"piqa", "hellaswag", "arc_easy", "arc_challenge", "boolq", "openbookqa", "copa"}
+_NORMED = {"piqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa"}  # tasks lm-eval reports acc_norm for
 KNOWN_TASKS = tuple(sorted(_MC | {"winogrande", "rte", "lambada"}))
 _FILES = {name: f"zeroshot/{name}.jsonl" for name in KNOWN_TASKS}
 _FILES["lambada"] = "zeroshot/lambada_openai.jsonl"
@@ -37,7 +38,8 @@ def _local_config(name: str, path: Path) -> dict:
     }
     if name in _MC:
         return {**base, "output_type": "multiple_choice", "doc_to_text": "{{query}}", "doc_to_target": "gold",
-                "doc_to_choice": "choices", "target_delimiter": " ", "metric_list": _ACC_NORM}
+                "doc_to_choice": "choices", "target_delimiter": " ",
+                "metric_list": _ACC_NORM if name in _NORMED else _ACC}
     if name == "winogrande":  # partial scoring: gold index as "text", options as contexts, shared continuation
         return {**base, "output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_target": "continuation",
                 "doc_to_choice": "context_options", "target_delimiter": " ", "metric_list": _ACC}
