@@ -1,0 +1,83 @@
+"""Print the README's result tables (Markdown) from the JSON files in bench/results.
+
+    python bench/tables.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = ["0.5", "0.7", "2:4"]
+
+
+def _jsonl(name: str) -> list[dict]:
+    path = RESULTS / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def solver_table() -> None:
+    rows = {(r["solver"], r["target"]): r for r in _jsonl("quick_smollm2.jsonl") + _jsonl("mrp_smollm2.jsonl")}
+    print("| solver | " + " | ".join(TARGETS) + " |")
+    print("|---|" + "---|" * len(TARGETS))
+    for solver in ("magnitude", "wanda", "sparsegpt", "mrp"):
+        cells = [f"{rows[(solver, t)]['ppl']:.2f}" if (solver, t) in rows else "–" for t in TARGETS]
+        print(f"| {solver} | " + " | ".join(cells) + " |")
+    print()
+    print("| solver | target | calib_forward_s | prune_s | prune_s / calib_forward_s | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for (solver, target), r in rows.items():
+        print(f"| {solver} | {target} | {r['calib_forward_s']:.0f} | {r['prune_s']:.0f} | "
+              f"{r['prune_s'] / r['calib_forward_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+
+
+def reference_table() -> None:
+    ours = {(r["solver"], r["target"]): r for r in _jsonl("quick_smollm2.jsonl")}
+    print("| solver | target | reference ppl | prunellm ppl | difference | reference sparsity | prunellm sparsity |")
+    print("|---|---|---|---|---|---|---|")
+    for r in _jsonl("reference_smollm2.jsonl"):
+        target = r["pattern"] or f"{r['sparsity']:g}"
+        o = ours.get((r["method"], target))
+        if o:
+            print(f"| {r['method']} | {target} | {r['ppl']:.3f} | {o['ppl']:.3f} | {(o['ppl'] - r['ppl']) / r['ppl']:+.2%} "
+                  f"| {r['achieved_sparsity']:.5f} | {o['sparsity']:.5f} |")
+
+
+def mrp_table() -> None:
+    sgpt = {r["target"]: r for r in _jsonl("quick_smollm2.jsonl") if r["solver"] == "sparsegpt"}
+    print("| target | sparsegpt ppl | mrp ppl | layers where mrp error < sparsegpt | median error ratio | "
+          "max error ratio | solve s sparsegpt / mrp (same stats) | prune_s sparsegpt / mrp |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in _jsonl("mrp_smollm2.jsonl"):
+        s = sgpt.get(r["target"])
+        print(f"| {r['target']} | {s['ppl']:.2f} | {r['ppl']:.2f} | {r['layers_below_sparsegpt']}/{r['layers']} | "
+              f"{r['error_ratio_median']:.3f} | {r['error_ratio_max']:.3f} | "
+              f"{r['solve_s_sparsegpt_same_stats']:.0f} / {r['solve_s_mrp']:.0f} | "
+              f"{s['prune_s']:.0f} / {r['prune_s']:.0f} ({r['prune_s'] / s['prune_s']:.2f}×) |" if s else "")
+
+
+def zeroshot_table() -> None:
+    files = {"dense": "zeroshot_dense_limit100.json", "wanda 50%": "zeroshot_wanda50_limit100.json"}
+    data = {k: json.loads((RESULTS / f).read_text())["zeroshot"] for k, f in files.items() if (RESULTS / f).exists()}
+    if not data:
+        return
+    tasks = list(next(iter(data.values()))["tasks"])
+    print("| task | metric | " + " | ".join(data) + " |")
+    print("|---|---|" + "---|" * len(data))
+    for task in tasks:
+        first = next(iter(data.values()))["tasks"][task]
+        metrics = ["acc", "acc_norm"] if "acc_norm" in first and task not in ("boolq", "copa") else ["acc"]
+        if "perplexity" in first:
+            metrics.append("perplexity")
+        for metric in metrics:
+            cells = [f"{d['tasks'][task][metric]:.3f}" for d in data.values()]
+            print(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    print(f"| mean of {len(next(iter(data.values()))['mean_acc_tasks'])} | acc | "
+          + " | ".join(f"{d['mean_acc']:.3f}" for d in data.values()) + " |")
+
+
+if __name__ == "__main__":
+    for table in (solver_table, reference_table, mrp_table, zeroshot_table):
+        table()
+        print()
