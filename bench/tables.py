@@ -28,8 +28,9 @@ def solver_table() -> None:
     print("| solver | target | calib_forward_s | prune_s | prune_s / calib_forward_s | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for (solver, target), r in rows.items():
-        print(f"| {solver} | {target} | {r['calib_forward_s']:.0f} | {r['prune_s']:.0f} | "
-              f"{r['prune_s'] / r['calib_forward_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+        ratio = f"{r['prune_s'] / r['calib_forward_s']:.2f}" if r["calib_forward_s"] else "– (no data)"
+        print(f"| {solver} | {target} | {r['calib_forward_s']:.0f} | {r['prune_s']:.0f} | {ratio} | "
+              f"{r['peak_rss_mb']:.0f} |")
 
 
 def reference_table() -> None:
@@ -42,6 +43,21 @@ def reference_table() -> None:
         if o:
             print(f"| {r['method']} | {target} | {r['ppl']:.3f} | {o['ppl']:.3f} | {(o['ppl'] - r['ppl']) / r['ppl']:+.2%} "
                   f"| {r['achieved_sparsity']:.5f} | {o['sparsity']:.5f} |")
+
+
+def reference_numerics_table() -> None:
+    ref = {(r["method"], r["pattern"] or f"{r['sparsity']:g}"): r["ppl"] for r in _jsonl("reference_smollm2.jsonl")}
+    ours = {(r["solver"], r["target"]): r["ppl"] for r in _jsonl("quick_smollm2.jsonl")}
+    rows = _jsonl("reference_numerics_smollm2.jsonl")
+    if not rows:
+        return
+    print("| solver | target | reference ppl | prunellm ppl | selection | accumulation | ppl with these conventions "
+          "| difference to reference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        key = (r["solver"], r["target"])
+        print(f"| {r['solver']} | {r['target']} | {ref[key]:.3f} | {ours[key]:.3f} | {r['selection']} | "
+              f"{r['accumulation']} | {r['ppl']:.3f} | {(r['ppl'] - ref[key]) / ref[key]:+.2%} |")
 
 
 def mrp_table() -> None:
@@ -71,13 +87,14 @@ def zeroshot_table() -> None:
         if "perplexity" in first:
             metrics.append("perplexity")
         for metric in metrics:
-            cells = [f"{d['tasks'][task][metric]:.3f}" for d in data.values()]
+            cells = [f"{d['tasks'][task][metric]:.3f}" + (f" ± {d['tasks'][task][metric + '_stderr']:.3f}"
+                     if f"{metric}_stderr" in d["tasks"][task] else "") for d in data.values()]
             print(f"| {task} | {metric} | " + " | ".join(cells) + " |")
     print(f"| mean of {len(next(iter(data.values()))['mean_acc_tasks'])} | acc | "
           + " | ".join(f"{d['mean_acc']:.3f}" for d in data.values()) + " |")
 
 
 if __name__ == "__main__":
-    for table in (solver_table, reference_table, mrp_table, zeroshot_table):
+    for table in (solver_table, reference_table, reference_numerics_table, mrp_table, zeroshot_table):
         table()
         print()
