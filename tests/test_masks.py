@@ -70,3 +70,13 @@ def test_nm_brute_force_small():
         group = scores[r, 4 * g : 4 * g + 4]
         best = min(itertools.combinations(range(4), 2), key=lambda c: sum(group[i] for i in c))
         assert set(mask[r, 4 * g : 4 * g + 4].nonzero().flatten().tolist()) == set(best)
+
+
+@pytest.mark.parametrize("k", [1, 37, 500, 999])
+def test_flat_selection_equals_stable_sort(k):
+    """The 1-D fast path (kthvalue + first ties by index) picks exactly what a stable sort picks."""
+    torch.manual_seed(k)
+    scores = torch.randint(0, 20, (1000,)).float()  # heavy ties
+    expected = torch.zeros(1000, dtype=torch.bool)
+    expected[torch.sort(scores, stable=True).indices[:k]] = True
+    assert torch.equal(lowest_k(scores, k), expected)

@@ -63,7 +63,6 @@ def sparsegpt(
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
@@ -76,14 +75,12 @@ def sparsegpt(
             if target.is_nm and i % m == 0:
                 group = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
                 mask1[:, i : i + m] = lowest_k(group, n)
-            w = W1[:, i]
-            q = w.masked_fill(mask1[:, i], 0)
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            losses += (err.double() ** 2) / 2
+            err = W1[:, i].masked_fill(~mask1[:, i], 0) / d[i]  # (w − q) / d: only pruned weights move
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
-        W[:, i1:i2] = Q1
+        # column i is never touched after its own step, so its kept entries are the reference's q
+        W[:, i1:i2] = W1.masked_fill_(mask1, 0)
+        losses += (Err1.double() ** 2).sum(1) / 2
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
