@@ -24,7 +24,8 @@ def run(model: str, solver: str, target: str, a: argparse.Namespace, workdir: Pa
     cmd = [
         sys.executable, "-m", "prunellm", "prune", model, "--solver", solver, *TARGETS[target],
         "--calib", "wikitext2", "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen), "--seed", str(a.seed),
-        "--eval-ppl", "wikitext2", "--eval-seqlen", str(a.eval_seqlen), "--eval-max-windows", str(a.eval_windows),
+        *([] if a.no_eval else ["--eval-ppl", "wikitext2", "--eval-seqlen", str(a.eval_seqlen),
+                                "--eval-max-windows", str(a.eval_windows)]),
         "--output", str(out), "--overwrite",
     ]
     subprocess.run(cmd, check=True)
@@ -35,7 +36,7 @@ def run(model: str, solver: str, target: str, a: argparse.Namespace, workdir: Pa
         shutil.copytree(out, keep)
     return {
         "model": model, "solver": solver, "target": target, "command": " ".join(cmd[2:]),
-        "ppl": report["perplexity"]["wikitext2"], "sparsity": report["sparsity"],
+        "ppl": report.get("perplexity", {}).get("wikitext2"), "sparsity": report["sparsity"],
         **report["timings"], "peak_rss_mb": report["peak_rss_mb"],
     }
 
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seqlen", type=int, default=1024)
     p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--no-eval", action="store_true", help="timings only (run alone on the machine for clean seconds)")
     p.add_argument("--keep", help="copy each pruned folder here (e.g. to compare masks)")
     p.add_argument("--out", required=True, help="JSON lines file to append results to")
     a = p.parse_args()
@@ -65,7 +67,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["prune_s"] / r["calib_forward_s"] if r["calib_forward_s"] else float("nan")
-        print(f"| {r['solver']} | {r['target']} | {r['ppl']:.2f} | {r['sparsity']:.4f} | "
+        print(f"| {r['solver']} | {r['target']} | {r['ppl'] or float('nan'):.2f} | {r['sparsity']:.4f} | "
               f"{r['calib_forward_s']:.1f} | {r['prune_s']:.1f} | {ratio:.2f} | {r['peak_rss_mb']:.0f} |")
 
 
