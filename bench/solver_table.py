@@ -16,13 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-TARGETS = {"0.5": ["--sparsity", "0.5"], "0.7": ["--sparsity", "0.7"], "2:4": ["--pattern", "2:4"]}
-
-
 def run(model: str, solver: str, target: str, a: argparse.Namespace, workdir: Path) -> dict:
     out = workdir / f"{solver}-{target.replace(':', '-')}"
     cmd = [
-        sys.executable, "-m", "prunellm", "prune", model, "--solver", solver, *TARGETS[target],
+        sys.executable, "-m", "prunellm", "prune", model, "--solver", solver,
+        *(["--pattern", target] if ":" in target else ["--sparsity", target]),
+        "--allocation", a.allocation, *a.extra.split(),
         "--calib", "wikitext2", "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen), "--seed", str(a.seed),
         *([] if a.no_eval else ["--eval-ppl", "wikitext2", "--eval-seqlen", str(a.eval_seqlen),
                                 "--eval-max-windows", str(a.eval_windows)]),
@@ -38,6 +37,8 @@ def run(model: str, solver: str, target: str, a: argparse.Namespace, workdir: Pa
         "model": model, "solver": solver, "target": target, "command": " ".join(cmd[2:]),
         "ppl": report.get("perplexity", {}).get("wikitext2"), "sparsity": report["sparsity"],
         **report["timings"], "peak_rss_mb": report["peak_rss_mb"],
+        **({"allocation": a.allocation, "extra": a.extra, "profile_s": report["allocation"]["profile_s"]}
+           if "allocation" in report else {}),
     }
 
 
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--solvers", default="magnitude,wanda,sparsegpt")
     p.add_argument("--targets", default="0.5,0.7,2:4")
+    p.add_argument("--allocation", default="uniform", help="layer-wise allocation (uniform, owl, als, alpha)")
+    p.add_argument("--extra", default="", help="more `prunellm prune` flags, e.g. '--als-direction denser'")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)

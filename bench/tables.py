@@ -24,13 +24,6 @@ def solver_table() -> None:
     for solver in ("magnitude", "wanda", "sparsegpt", "mrp"):
         cells = [f"{rows[(solver, t)]['ppl']:.2f}" if (solver, t) in rows else "–" for t in TARGETS]
         print(f"| {solver} | " + " | ".join(cells) + " |")
-    print()
-    print("| solver | target | calib_forward_s | prune_s | prune_s / calib_forward_s | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
-    for (solver, target), r in rows.items():
-        ratio = f"{r['prune_s'] / r['calib_forward_s']:.2f}" if r["calib_forward_s"] else "– (no data)"
-        print(f"| {solver} | {target} | {r['calib_forward_s']:.0f} | {r['prune_s']:.0f} | {ratio} | "
-              f"{r['peak_rss_mb']:.0f} |")
 
 
 def reference_table() -> None:
@@ -45,6 +38,31 @@ def reference_table() -> None:
                   f"| {r['achieved_sparsity']:.5f} | {o['sparsity']:.5f} |")
 
 
+def speed_table() -> None:
+    rows = _jsonl("speed_smollm2.jsonl")
+    if not rows:
+        return
+    limits = {"wanda": 2.2, "sparsegpt": 3.0}
+    print("| solver | target | calib_forward_s | prune_s | prune_s / calib_forward_s | limit | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['solver']} | {r['target']} | {r['calib_forward_s']:.1f} | {r['prune_s']:.1f} | "
+              f"{r['prune_s'] / r['calib_forward_s']:.2f} | {limits.get(r['solver'], '–')} | {r['peak_rss_mb']:.0f} |")
+
+
+def allocation_table() -> None:
+    rows = _jsonl("allocation_smollm2.jsonl")
+    if not rows:
+        return
+    uniform = {(r["solver"], r["target"]): r for r in _jsonl("quick_smollm2.jsonl")}
+    print("| solver | target | allocation | options | ppl | uniform ppl | profile_s | calib_forward_s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        u = uniform.get((r["solver"], r["target"]))
+        print(f"| {r['solver']} | {r['target']} | {r['allocation']} | {r['extra'] or '–'} | {r['ppl']:.2f} | "
+              f"{u['ppl']:.2f} | {r['profile_s']:.0f} | {r['calib_forward_s']:.0f} |" if u else "")
+
+
 def reference_numerics_table() -> None:
     ref = {(r["method"], r["pattern"] or f"{r['sparsity']:g}"): r["ppl"] for r in _jsonl("reference_smollm2.jsonl")}
     ours = {(r["solver"], r["target"]): r["ppl"] for r in _jsonl("quick_smollm2.jsonl")}
@@ -57,7 +75,7 @@ def reference_numerics_table() -> None:
     for r in rows:
         key = (r["solver"], r["target"])
         print(f"| {r['solver']} | {r['target']} | {ref[key]:.3f} | {ours[key]:.3f} | {r['selection']} | "
-              f"{r['accumulation']} | {r['ppl']:.3f} | {(r['ppl'] - ref[key]) / ref[key]:+.2%} |")
+              f"{r['accumulation']} | {r['ppl']:.3f} | {(r['ppl'] - ref[key]) / ref[key]:+.4%} |")
 
 
 def mrp_table() -> None:
@@ -95,6 +113,7 @@ def zeroshot_table() -> None:
 
 
 if __name__ == "__main__":
-    for table in (solver_table, reference_table, reference_numerics_table, mrp_table, zeroshot_table):
+    for table in (solver_table, reference_table, reference_numerics_table, speed_table, mrp_table, allocation_table,
+                  zeroshot_table):
         table()
         print()
