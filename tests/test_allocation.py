@@ -52,6 +52,17 @@ def test_alpha_mean_and_bounds_on_random_measures(sparsity, eps):
     assert int(ratios[::3].argmax()) == int(alphas.argmax())  # highest alpha: pruned most
 
 
+def test_alpha_too_wide_for_the_target_is_a_usage_error_with_a_hint():
+    layers = _layers()
+    alphas = [2.0] * 5 + [6.0]  # one block far above the rest: scaling pushes it past 100% at 70%
+    measures = [{"alpha": {f"b{b}.l{j}": alphas[b] for j in range(3)}} for b in range(6)]
+    with pytest.raises(prunellm.UsageError, match=r"--alpha-epsilon (0\.\d+) or less") as err:
+        ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.7), alpha_epsilon=0.3)
+    hint = float(err.value.args[0].split("--alpha-epsilon ")[1].split()[0])
+    res = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.7), alpha_epsilon=hint)
+    assert max(t.ratio for t in res.targets.values()) < 0.99
+
+
 def test_esd_alpha_recovers_a_power_law_exponent():
     """Eigenvalues of WᵀW drawn from a Pareto law with density ∝ λ^(−α): the estimate is close to α."""
     g = torch.Generator().manual_seed(0)

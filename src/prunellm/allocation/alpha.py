@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..masks import Target
 from . import AllocationResult, LayerInfo, register
 
@@ -44,19 +45,28 @@ def measure(weights, stats=None, **_) -> dict:
     return {"alpha": {name: esd_alpha(w) for name, w in weights.items()}}
 
 
+def _ratios(norm: torch.Tensor, numel: torch.Tensor, sparsity: float, epsilon: float) -> torch.Tensor:
+    """The reference's map: α-rank to [1−ε, 1+ε], then scaled so the parameter-weighted mean is the target."""
+    ratios = norm * 2 * epsilon + (1 - epsilon)
+    return ratios * sparsity * numel.sum() / (numel * ratios).sum()
+
+
 def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alpha_epsilon: float = 0.3,
              **_) -> AllocationResult:
     if target.is_nm:
-        raise ValueError("AlphaPruning allocates unstructured ratios; use --sparsity with --allocation alpha")
+        raise UsageError("AlphaPruning allocates unstructured ratios; use --sparsity with --allocation alpha")
     block_alpha = [sum(m["alpha"].values()) / len(m["alpha"]) for m in measures]
     scores = torch.tensor([block_alpha[layer.block] for layer in layers], dtype=torch.float64)
     numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
     spread = scores.max() - scores.min()
     norm = (scores - scores.min()) / spread if spread > 0 else torch.zeros_like(scores)
-    ratios = norm * 2 * alpha_epsilon + (1 - alpha_epsilon)
-    ratios = ratios * target.sparsity * numel.sum() / (numel * ratios).sum()
-    if (ratios >= 1).any():
-        raise ValueError(f"alpha_epsilon {alpha_epsilon} gives a layer sparsity >= 1 at target {target.sparsity}")
+    ratios = _ratios(norm, numel, target.sparsity, alpha_epsilon)
+    if ratios.max() >= 1:
+        feasible = [e / 100 for e in range(int(alpha_epsilon * 100), 0, -1)
+                    if _ratios(norm, numel, target.sparsity, e / 100).max() < 0.99]
+        hint = f"; --alpha-epsilon {feasible[0]:g} or less keeps every layer below 99%" if feasible else ""
+        raise UsageError(f"alpha_epsilon {alpha_epsilon} gives a layer sparsity of {float(ratios.max()):.3f} "
+                         f"at target {target.sparsity}{hint}")
     targets = {layer.name: Target(sparsity=float(r)) for layer, r in zip(layers, ratios)}
     return AllocationResult(targets, block_alpha, "alpha")
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
+from ..errors import UsageError
 from ..masks import Target
 from . import AllocationResult, LayerInfo, register
 
@@ -74,7 +75,7 @@ def solve_lp(weights: np.ndarray, sizes: np.ndarray, target: float, lo: float, h
     res = linprog(cost, A_eq=sizes[None, :] / sizes.sum(), b_eq=[target], bounds=[(lo, hi)] * len(sizes),
                   method="highs")
     if res.status != 0:
-        raise ValueError(f"ALS linear program infeasible for target {target} within [{lo}, {hi}]: {res.message}")
+        raise UsageError(f"ALS linear program infeasible for target {target} within [{lo}, {hi}]: {res.message}")
     s = res.x
     if granularity > 0:
         s = np.clip(np.floor(s / granularity + 1e-9) * granularity, lo, hi)
@@ -116,7 +117,7 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, als_
              als_bounds: tuple[float, float] | None = None, als_granularity: float = 0.005,
              als_direction: str = "sparser", **_) -> AllocationResult:
     if target.is_nm:
-        raise ValueError("ALS allocates unstructured ratios; use --sparsity with --allocation als")
+        raise UsageError("ALS allocates unstructured ratios; use --sparsity with --allocation als")
     lo, hi = als_bounds or default_bounds(target.sparsity)
     sparser = als_direction == "sparser"
     blocks = sorted({layer.block for layer in layers})
