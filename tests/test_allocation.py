@@ -155,6 +155,22 @@ def test_als_importance_and_suffix_mean():
     assert suffix_mean(w).tolist() == [7 / 3, 3.0, 4.0]
 
 
+def test_als_lp_is_scale_invariant_and_direction_matters():
+    """Real importances are ~exp(−28) on a 30-block model: the LP must not drown them in its tolerances."""
+    import numpy as np
+
+    from prunellm.allocation.als import solve_lp
+
+    weights = np.linspace(1.0, 1.1, 30)  # suffix-averaged importances differ by a few % between blocks
+    sizes = np.ones(30)
+    for direction in (True, False):
+        s = solve_lp(weights, sizes, 0.7, 0.55, 0.85, 0.005, direction)
+        tiny = solve_lp(weights * 4e-13, sizes, 0.7, 0.55, 0.85, 0.005, direction)
+        assert np.allclose(s, tiny)
+        # sparser-if-redundant: high importance (low redundancy) stays dense, and the reverse
+        assert (s[0] > s[-1]) == direction and s.mean() == pytest.approx(0.7)
+
+
 @pytest.mark.parametrize("sizes", [(1, 1, 1, 1, 1), (3, 1, 2, 1, 3)])
 def test_als_lp_equals_brute_force(sizes):
     import itertools

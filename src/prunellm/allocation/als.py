@@ -69,7 +69,9 @@ def solve_lp(weights: np.ndarray, sizes: np.ndarray, target: float, lo: float, h
     important first, so the parameter-weighted mean is the target to rounding of one layer.
     """
     sizes = sizes.astype(np.float64)
-    cost = weights * sizes / sizes.mean()
+    # scaled to mean 1: ω = exp(−ρ/μ) is ~1e-13 for 30 blocks, below HiGHS's tolerances, which then
+    # returns an arbitrary vertex (both directions gave the same allocation on SmolLM2)
+    cost = weights / np.abs(weights).mean() * sizes / sizes.mean()
     if not sparser_if_redundant:
         cost = -cost
     res = linprog(cost, A_eq=sizes[None, :] / sizes.sum(), b_eq=[target], bounds=[(lo, hi)] * len(sizes),
