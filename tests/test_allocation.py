@@ -6,6 +6,7 @@ import torch
 import prunellm
 from conftest import calib_ids, tiny_model
 from prunellm.allocation import ALLOCATIONS, LayerInfo
+from prunellm.allocation.alpha import _ratios as alpha_ratios
 from prunellm.allocation.alpha import esd_alpha
 from prunellm.masks import Target
 
@@ -61,6 +62,22 @@ def test_alpha_too_wide_for_the_target_is_a_usage_error_with_a_hint():
     hint = float(err.value.args[0].split("--alpha-epsilon ")[1].split()[0])
     res = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.7), alpha_epsilon=hint)
     assert max(t.ratio for t in res.targets.values()) < 0.99
+
+
+def test_alpha_default_epsilon_is_the_papers_narrowed_only_where_needed():
+    layers = _layers()
+    alphas = [2.0] * 5 + [6.0]
+    measures = [{"alpha": {f"b{b}.l{j}": alphas[b] for j in range(3)}} for b in range(6)]
+    wide = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.5))
+    assert wide.info["epsilon"] == 0.3
+    res = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.7))
+    eps = res.info["epsilon"]
+    assert 0 < eps < 0.3 and max(t.ratio for t in res.targets.values()) < 0.99
+    assert _weighted(res.targets, layers) == pytest.approx(0.7, abs=1e-9)
+    norm = torch.tensor([alphas[l.block] for l in layers], dtype=torch.float64)
+    norm = (norm - norm.min()) / (norm.max() - norm.min())
+    numel = torch.tensor([l.numel for l in layers], dtype=torch.float64)
+    assert alpha_ratios(norm, numel, 0.7, eps + 0.01).max() >= 0.99  # the largest such ε on the 0.01 grid
 
 
 def test_esd_alpha_recovers_a_power_law_exponent():
@@ -198,6 +215,16 @@ def test_als_lp_equals_brute_force(sizes):
     assert (snapped * sizes).sum() / sizes.sum() == pytest.approx(0.5, abs=1e-9)
 
 
+def test_als_default_bounds():
+    from prunellm.allocation.als import default_bounds
+
+    assert default_bounds(0.2) == pytest.approx((0.1, 0.3))  # the paper's at 20%
+    assert default_bounds(0.7) == pytest.approx((0.65, 0.75))  # the best of ±0.05/0.1/0.15 on SmolLM2
+    for s in (0.3, 0.5, 0.8, 0.9):
+        lo, hi = default_bounds(s)
+        assert 0 <= lo < s < hi < 1 and hi - s == pytest.approx(s - lo)
+
+
 @pytest.mark.parametrize("direction", ["sparser", "denser"])
 def test_als_on_a_tiny_model_meets_target_and_bounds(direction):
     import transformers as T
@@ -212,6 +239,6 @@ def test_als_on_a_tiny_model_meets_target_and_bounds(direction):
     total = sum(r["numel"] for r in rows)
     assert sum(r["target"] * r["numel"] for r in rows) / total == pytest.approx(0.6, abs=1e-3)
     lo, hi = report["allocation"]["bounds"]
-    assert (lo, hi) == pytest.approx((0.4, 0.8))
+    assert (lo, hi) == pytest.approx((0.6 - 0.4 / 6, 0.6 + 0.4 / 6))  # default: ± (1 − S)/6 at 60%
     assert all(lo - 1e-9 <= b <= hi + 1e-9 for b in report["allocation"]["block_sparsity"])
     assert all(lo - 1e-9 <= r["target"] <= hi + 1e-9 for r in rows)  # components too, not only blocks

@@ -43,11 +43,11 @@ class PruneConfig:
     allocation: str = "uniform"  # layer-wise allocation: uniform, owl, alpha
     owl_m: float = 5.0  # OWL outlier threshold (× mean score)
     owl_lmbda: float = 0.08  # OWL spread (llm-compressor's spelling); an integer N shift for N:M
-    alpha_epsilon: float = 0.3  # AlphaPruning spread: ratios in [1−ε, 1+ε] × target
+    alpha_epsilon: float | None = None  # AlphaPruning spread ε (ratios in [1−ε, 1+ε] × target); default 0.3, narrowed to stay below 99%
     als_features: str = "input"  # ALS features: input or output of each linear
     als_norm: str = "feature+weight"  # ALS normalization: none, feature, feature+weight
     als_decreasing: str = "mu"  # ALS importance: exp(−ρ/μ) ("mu") or exp(−ρ) ("original")
-    als_bounds: list[float] | None = None  # ALS per-layer sparsity bounds (default: target ± min(0.2, ...))
+    als_bounds: list[float] | None = None  # ALS per-layer sparsity bounds (default: target ± min(0.2, S/2, (1−S)/6))
     als_granularity: float = 0.005  # ALS sparsity grid step
     als_direction: str = "sparser"  # ALS: more redundant ⇒ "sparser" (default) or "denser"
     profile_samples: int | None = None  # calibration samples used by the profiling pass (default all)

@@ -14,6 +14,8 @@ from ..errors import UsageError
 from ..masks import Target
 from . import AllocationResult, LayerInfo, register
 
+DEFAULT_EPSILON = 0.3  # the paper's spread
+
 
 def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:
     """The reference's alpha_peak metric of one weight matrix (same quirks, e.g. its x_min window)."""
@@ -51,8 +53,17 @@ def _ratios(norm: torch.Tensor, numel: torch.Tensor, sparsity: float, epsilon: f
     return ratios * sparsity * numel.sum() / (numel * ratios).sum()
 
 
-def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alpha_epsilon: float = 0.3,
+def _largest_epsilon(norm: torch.Tensor, numel: torch.Tensor, sparsity: float, start: float) -> float | None:
+    """The largest ε ≤ start (in 0.01 steps) that keeps every layer below 99% sparsity."""
+    for e in range(round(start * 100), 0, -1):
+        if _ratios(norm, numel, sparsity, e / 100).max() < 0.99:
+            return e / 100
+    return None
+
+
+def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alpha_epsilon: float | None = None,
              **_) -> AllocationResult:
+    """`alpha_epsilon=None`: the paper's 0.3, narrowed where it would push a layer to 99% (high targets)."""
     if target.is_nm:
         raise UsageError("AlphaPruning allocates unstructured ratios; use --sparsity with --allocation alpha")
     block_alpha = [sum(m["alpha"].values()) / len(m["alpha"]) for m in measures]
@@ -60,15 +71,17 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alph
     numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
     spread = scores.max() - scores.min()
     norm = (scores - scores.min()) / spread if spread > 0 else torch.zeros_like(scores)
-    ratios = _ratios(norm, numel, target.sparsity, alpha_epsilon)
+    epsilon = alpha_epsilon
+    if epsilon is None:
+        epsilon = _largest_epsilon(norm, numel, target.sparsity, DEFAULT_EPSILON) or 0.0
+    ratios = _ratios(norm, numel, target.sparsity, epsilon)
     if ratios.max() >= 1:
-        feasible = [e / 100 for e in range(int(alpha_epsilon * 100), 0, -1)
-                    if _ratios(norm, numel, target.sparsity, e / 100).max() < 0.99]
-        hint = f"; --alpha-epsilon {feasible[0]:g} or less keeps every layer below 99%" if feasible else ""
-        raise UsageError(f"alpha_epsilon {alpha_epsilon} gives a layer sparsity of {float(ratios.max()):.3f} "
+        feasible = _largest_epsilon(norm, numel, target.sparsity, epsilon)
+        hint = f"; --alpha-epsilon {feasible:g} or less keeps every layer below 99%" if feasible else ""
+        raise UsageError(f"alpha_epsilon {epsilon} gives a layer sparsity of {float(ratios.max()):.3f} "
                          f"at target {target.sparsity}{hint}")
     targets = {layer.name: Target(sparsity=float(r)) for layer, r in zip(layers, ratios)}
-    return AllocationResult(targets, block_alpha, "alpha")
+    return AllocationResult(targets, block_alpha, "alpha", {"epsilon": epsilon})
 
 
 register("alpha", allocate, measure)
