@@ -98,8 +98,13 @@ def solve_lp(weights: np.ndarray, sizes: np.ndarray, target: float, lo: float, h
 
 
 def default_bounds(sparsity: float) -> tuple[float, float]:
-    """[0.3, 0.7] at 50% as the paper; half-width min(0.2, S/2, (1−S)/2) elsewhere ([0.1, 0.3] at 20%)."""
-    half = min(0.2, sparsity / 2, (1 - sparsity) / 2)
+    """target ± min(0.2, S/2, (1−S)/6): the paper's [0.1, 0.3] at 20%, [0.65, 0.75] at 70%.
+
+    The LP puts nearly every layer on a bound, so the upper bound is what a block really gets. Keeping
+    its density at ≥ 5/6 of the average is what worked on SmolLM2 at 70% (±0.05: 704 against 800
+    uniform; ±0.1: 1085; ±0.15: 3553); the paper's ±0.2 at 50% was tuned on 7B+ models.
+    """
+    half = min(0.2, sparsity / 2, (1 - sparsity) / 6)
     return sparsity - half, sparsity + half
 
 
