@@ -50,17 +50,33 @@ def speed_table() -> None:
               f"{r['prune_s'] / r['calib_forward_s']:.2f} | {limits.get(r['solver'], '–')} | {r['peak_rss_mb']:.0f} |")
 
 
+ALLOC_TARGETS = ["0.5", "0.6", "0.7", "0.8"]
+
+
 def allocation_table() -> None:
+    """Allocation × solver × target with default options; runs with extra flags go to the variants table."""
     rows = _jsonl("allocation_smollm2.jsonl")
     if not rows:
         return
-    uniform = {(r["solver"], r["target"]): r for r in _jsonl("quick_smollm2.jsonl")}
-    print("| solver | target | allocation | options | ppl | uniform ppl | profile_s | calib_forward_s |")
-    print("|---|---|---|---|---|---|---|---|")
+    cells = {(r["solver"], "uniform", r["target"]): r for r in _jsonl("quick_smollm2.jsonl")}
     for r in rows:
-        u = uniform.get((r["solver"], r["target"]))
-        print(f"| {r['solver']} | {r['target']} | {r['allocation']} | {r['extra'] or '–'} | {r['ppl']:.2f} | "
-              f"{u['ppl']:.2f} | {r['profile_s']:.0f} | {r['calib_forward_s']:.0f} |" if u else "")
+        if not r.get("extra"):
+            cells[(r["solver"], r.get("allocation", "uniform"), r["target"])] = r
+    print("| solver | allocation | " + " | ".join(ALLOC_TARGETS) + " | profile_s / calib_forward_s |")
+    print("|---|---|" + "---|" * len(ALLOC_TARGETS) + "---|")
+    for solver in ("wanda", "sparsegpt"):
+        for alloc in ("uniform", "owl", "als", "alpha"):
+            got = [cells.get((solver, alloc, t)) for t in ALLOC_TARGETS]
+            ratios = [r["profile_s"] / r["calib_forward_s"] for r in got if r and "profile_s" in r]
+            cost = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "–"
+            print(f"| {solver} | {alloc} | " + " | ".join(f"{r['ppl']:.2f}" if r else "–" for r in got) + f" | {cost} |")
+    print()
+    print("| solver | target | allocation | options | ppl | profile_s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows + _jsonl("als_bounds_smollm2.jsonl"):
+        if r.get("extra"):
+            print(f"| {r['solver']} | {r['target']} | {r['allocation']} | `{r['extra']}` | {r['ppl']:.2f} | "
+                  f"{r['profile_s']:.0f} |")
 
 
 def reference_numerics_table() -> None:

@@ -56,6 +56,10 @@ EDITS TO THE REFERENCE CODE (every changed line is tagged "# EDIT(n)" below):
  (6) Driver: argparse names of this script (--method/--sparsity/--pattern/...), timing,
      JSON-lines output, --save-masks, torch.set_num_threads(1). model.seqlen is set to
      --seqlen for pruning (as main.get_llm sets model.seqlen) and to --eval-seqlen for eval.
+ (7) OWL (--owl): luuyin/OWL's prune_wanda_outlier is prune_wanda with a per-block ratio from a
+     dense outlier pass; `owl_layer_ratios` below implements that pass (from its description, not
+     copied) and prune_wanda's unstructured branch reads `layer_ratio(args, i)` instead of
+     args.sparsity_ratio, which is the uniform ratio when --owl is off.
 The maths of every prune function (magnitude per-matrix `<=` threshold, Wanda per-row stable
 sort, SparseGPT fasterprune blocksize 128 / percdamp 0.01, the N:M topk loops) is untouched.
 """
@@ -469,7 +473,7 @@ def prune_wanda(args, model, tokenizer, device=torch.device("cuda:0"), prune_n=0
                     print(f"alpha found {alpha} sparsity {cur_sparsity:.6f}")
                 else:
                     # unstructured pruning
-                    indices = sort_res[1][:,:int(W_metric.shape[1]*args.sparsity_ratio)]
+                    indices = sort_res[1][:,:int(W_metric.shape[1]*layer_ratio(args, i))]  # EDIT(7)
                     W_mask.scatter_(1, indices, True)
 
             subset[name].weight.data[W_mask] = 0  ## set weights to zero 
@@ -645,6 +649,48 @@ def eval_ppl(args, model, tokenizer, device):  # EDIT(5): local test file, windo
 
 
 ###############################################################################
+# OWL (luuyin/OWL lib/prune_all.py, prune_wanda_outlier). Not a copy: written here from the
+# description in ../shared/docs/algorithms.md §2.1, on the reference Wanda machinery above.
+# Pass 1 runs the calibration set through the *dense* blocks with WrappedGPT hooks, pools each
+# block's Wanda scores |W|*sqrt(scaler_row) over all its linears and counts the percentage above
+# Hyper_m x their mean (check_outlier_mean). Ratios are min-max scaled to [0, 2*Lamda], centred on
+# the target density (plain mean over blocks) and clamped to 0.01 where <= 0. Pass 2 is
+# prune_wanda above with each block's ratio (EDIT(7)); the calibration data is re-sampled with the
+# same seed, as the reference reloads it.
+###############################################################################
+def layer_ratio(args, i):  # EDIT(7): OWL's per-block ratio, else the uniform one
+    ratios = getattr(args, "layer_ratios", None)
+    if ratios is None:
+        return args.sparsity_ratio
+    return ratios[i] if ratios[i] > 0 else 0.01
+
+
+@torch.no_grad()
+def owl_layer_ratios(args, model, tokenizer, device):
+    dataloader, _ = get_loaders("c4", nsamples=args.nsamples, seed=args.seed, seqlen=model.seqlen, tokenizer=tokenizer)
+    inps, outs, attention_mask, position_ids, layer_kwargs = prepare_calibration_input(model, dataloader, device)
+    outlier = []
+    for layer in model.model.layers:
+        subset = find_layers(layer)
+        wrapped = {name: WrappedGPT(module) for name, module in subset.items()}
+        handles = [subset[name].register_forward_hook(
+            lambda _, inp, out, name=name: wrapped[name].add_batch(inp[0].data, out.data)) for name in subset]
+        for j in range(args.nsamples):
+            outs[j] = _layer_out(layer(inps[j].unsqueeze(0), **layer_kwargs))
+        for h in handles:
+            h.remove()
+        scores = torch.cat([torch.flatten(torch.abs(subset[name].weight.data)
+                                          * torch.sqrt(wrapped[name].scaler_row.reshape((1, -1))))
+                            for name in subset])
+        outlier.append(float((scores > torch.mean(scores) * args.owl_m).sum().item()) / scores.numel() * 100)
+        inps, outs = outs, inps
+    d = np.array(outlier)
+    scaled = (d - d.min()) * (1 / (d.max() - d.min()) * args.owl_lambda * 2)
+    density = scaled - np.mean(scaled) + (1 - args.sparsity_ratio)
+    return outlier, [float(1 - x) for x in density]
+
+
+###############################################################################
 # driver (main.py logic; EDIT(6))
 ###############################################################################
 def decoder_linear_masks(model):
@@ -669,6 +715,9 @@ def main():
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--out", default="results.jsonl")
     p.add_argument("--save-masks", default=None)
+    p.add_argument("--owl", action="store_true", help="OWL allocation (Wanda only): M=--owl-m, lambda=--owl-lambda")
+    p.add_argument("--owl-m", type=float, default=5.0)
+    p.add_argument("--owl-lambda", type=float, default=0.08)
     a = p.parse_args()
 
     t_start = time.time()
@@ -703,6 +752,11 @@ def main():
     t_prune0 = time.time()
     if args.sparsity_ratio != 0:
         print("pruning starts")
+        if a.owl:  # EDIT(7)
+            assert a.method == "wanda" and a.pattern is None, "--owl is ported for unstructured Wanda"
+            args.owl_m, args.owl_lambda = a.owl_m, a.owl_lambda
+            owl_outlier, args.layer_ratios = owl_layer_ratios(args, model, tokenizer, device)
+            print("OWL block sparsities", args.layer_ratios)
         if a.method == "wanda":
             prune_wanda(args, model, tokenizer, device, prune_n=prune_n, prune_m=prune_m)
         elif a.method == "magnitude":
@@ -741,6 +795,8 @@ def main():
         "prune_s": round(prune_s, 1), "eval_s": round(eval_s, 1),
         "wall_s": round(time.time() - t_start, 1),
         "masks": a.save_masks,
+        **({"allocation": "owl", "owl_m": a.owl_m, "owl_lambda": a.owl_lambda, "outlier_ratio": owl_outlier,
+            "layer_ratios": args.layer_ratios} if a.owl else {}),
     }
     with open(a.out, "a") as f:
         f.write(json.dumps(rec) + "\n")
