@@ -4,7 +4,8 @@
     model, tok = prunellm.load_model("smollm2-135m")
     report = prunellm.prune(model, tok, prunellm.PruneConfig(solver="wanda", sparsity=0.5))
     ppl, windows = prunellm.perplexity(model, tok, "wikitext2", seqlen=1024, max_windows=64)
-    prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50")
+    prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50", save_format="compressed")
+    model, tok = prunellm.load("out/smollm2-wanda-50")  # the same weights, dense or compressed folder
 """
 
 from .allocation import ALLOCATIONS
@@ -14,6 +15,7 @@ from .errors import UsageError
 from .evaluate import evaluate_perplexity
 from .masks import Target
 from .models import load_model
+from .models import load_model as load
 from .perplexity import perplexity
 from .save import save_pruned
 from .solvers import SOLVERS
@@ -27,6 +29,7 @@ __all__ = [
     "UsageError",
     "evaluate_perplexity",
     "evaluate_zeroshot",
+    "load",
     "load_model",
     "perplexity",
     "prune",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import UsageError
 from .models import BUILTINS, DEFAULT_MODEL, DTYPES
@@ -143,7 +144,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
         report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
                                                data_dir=config.data_dir)
-    save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite)
+    save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite, save_format=args.save_format)
 
     t = report["timings"]
     print(f"pruned {name} with {config.solver} to {report['sparsity']:.4f} sparsity "
@@ -153,6 +154,25 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(format_table(["dataset", "ppl dense", "ppl pruned"], rows))
     if args.eval_tasks:
         print(format_table(["task", "acc", "acc_norm", "acc_stderr", "samples"], zeroshot_rows(report["zeroshot"])))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    import torch
+
+    from .compressed import compress_folder
+    from .report import format_table
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    config = compress_folder(args.folder, args.output, dtype=dtype, overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in Path(args.output).iterdir() if f.name.endswith(".safetensors"))
+    counts = {}
+    for encoding in config["tensors"].values():
+        counts[encoding] = counts.get(encoding, 0) + 1
+    print(format_table(["encoding", "tensors"], sorted(counts.items())))
+    print(f"weights: {config['dense_bytes'] / 2**20:.1f} MiB dense -> {size / 2**20:.1f} MiB compressed "
+          f"({size / config['dense_bytes']:.1%})")
     print(f"wrote {args.output}")
     return 0
 
@@ -216,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-max-windows", type=_positive_int, help="evaluate only the first N windows")
     pr.add_argument("--eval-tasks", type=_csv, default=[], help="zero-shot tasks after pruning (lm-eval)")
     pr.add_argument("--eval-limit", type=_positive_int, help="first N examples of each zero-shot task")
+    pr.add_argument("--save-format", choices=["dense", "compressed"], default="dense",
+                    help="dense: plain Hugging Face folder (default); compressed: kept values + bitmask")
     pr.set_defaults(func=_cmd_prune)
+
+    cp = sub.add_parser("compress", help="store a pruned folder's sparse weights as values + bitmask")
+    cp.add_argument("folder", help="a dense model folder (e.g. written by `prunellm prune`)")
+    cp.add_argument("output", help="the compressed folder to write")
+    cp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast values first (default: keep)")
+    cp.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    cp.set_defaults(func=_cmd_compress)
 
     pl = sub.add_parser("plot", help="draw a pruned folder's per-layer sparsity and allocation statistic (PNG)")
     pl.add_argument("folder", help="a folder written by `prunellm prune`")

@@ -161,12 +161,18 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
-    """Load a causal LM and its tokenizer by built-in name, folder or hub id; returns (model, tokenizer)."""
+    """Load a causal LM and its tokenizer by built-in name, folder (dense or compressed) or hub id; returns
+    (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source = resolve_model(name_or_path)
+    from .compressed import is_compressed, load_compressed
+
+    if is_compressed(source):
+        model, tokenizer = load_compressed(source, dtype)
+        return model.to(device), tokenizer
     # A hub id: use the local HF cache if it has the model, and only go online if the hub answers.
     local_only = not Path(source).exists() and not hub_reachable()
     try:

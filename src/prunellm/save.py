@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
@@ -27,19 +29,14 @@ def check_output(output: str | Path, overwrite: bool) -> Path:
     return output
 
 
-def save_pruned(model, tokenizer, report: dict, output: str | Path, overwrite: bool = False) -> Path:
-    """Save model (safetensors), tokenizer, recipe and report to `output`, atomically."""
-    import yaml
-
+@contextmanager
+def atomic_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden staging folder beside `output`; on success it replaces `output` in one rename."""
     output = check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
     try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        (staging / RECIPE).write_text(yaml.safe_dump(report.get("config", {}), sort_keys=False))
-        write_json(staging / REPORT, report)
+        yield staging
         if output.exists():
             trash = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
             output.rename(trash / "old")
@@ -50,4 +47,26 @@ def save_pruned(model, tokenizer, report: dict, output: str | Path, overwrite: b
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return output
+
+
+def save_pruned(model, tokenizer, report: dict, output: str | Path, overwrite: bool = False,
+                save_format: str = "dense") -> Path:
+    """Save model (safetensors), tokenizer, recipe and report to `output`, atomically.
+
+    `save_format="compressed"` stores sparse weights as kept values + bitmask (see `compressed`).
+    """
+    import yaml
+
+    if save_format not in ("dense", "compressed"):
+        raise UsageError(f"save_format must be dense or compressed, got {save_format!r}")
+    with atomic_folder(output, overwrite) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        (staging / RECIPE).write_text(yaml.safe_dump(report.get("config", {}), sort_keys=False))
+        write_json(staging / REPORT, report)
+        if save_format == "compressed":
+            from .compressed import compress_in_place
+
+            compress_in_place(staging)
+    return Path(output)
