@@ -1,0 +1,64 @@
+"""The sparse CPU inference path: the compiled kernel against dense matmul, and sparsified models."""
+
+import pytest
+import torch
+
+import prunellm
+from conftest import calib_ids, tiny_model
+from prunellm import kernels
+from prunellm.sparse_linear import KERNEL_MAX_TOKENS, SparseLinear, sparsify
+
+
+def _sparse_weight(rows, cols, sparsity, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    w[torch.rand(rows, cols, generator=g) < sparsity] = 0
+    return w
+
+
+def test_kernel_builds_here():
+    """This machine has a compiler: the kernel must build (elsewhere the fallback is used)."""
+    assert kernels.load() is not None, kernels.load_error()
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 13), (33, 64), (64, 200), (130, 577)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("batch", [1, 3, 8, 11])
+def test_kernel_matches_dense_matmul(rows, cols, sparsity, batch):
+    w = _sparse_weight(rows, cols, sparsity, seed=rows + cols)
+    w[0] = 0  # an all-zero row
+    x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(1))
+    layer = SparseLinear(w, torch.randn(rows))
+    module = kernels.load()
+    y = module.bitmask_matmul(layer.values, layer.bitmask, layer.row_offsets, x)
+    exact = x.double() @ w.double().T
+    scale = x.double().abs() @ w.double().abs().T  # float32 rounding is relative to Σ|x||w|
+    assert bool(((y.double() - exact).abs() <= 1e-6 * scale + 1e-12).all())
+    assert bool(((layer(x).double() - exact - layer.bias.double()).abs() <= 1e-6 * scale + 1e-6).all())
+
+
+def test_large_batches_and_other_dtypes_take_the_dense_fallback():
+    w = _sparse_weight(16, 24, 0.6)
+    layer = SparseLinear(w)
+    x = torch.randn(2, KERNEL_MAX_TOKENS + 5, 24)  # 3-D input, more tokens than the kernel path takes
+    torch.testing.assert_close(layer(x), x @ w.T, rtol=1e-5, atol=1e-5)
+    half = SparseLinear(w.to(torch.bfloat16))
+    assert torch.equal(half.dense_weight(), w.to(torch.bfloat16))
+    assert half(x[0, :1].to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mamba"])
+def test_sparsified_model_generates_the_same_tokens(arch):
+    model = tiny_model(arch)
+    prunellm.prune(model, None, prunellm.PruneConfig(solver="wanda", sparsity=0.7), calibration_ids=calib_ids(),
+                   progress=False)
+    ids = calib_ids(1, 6)
+    with torch.no_grad():
+        dense_logits = model(ids).logits
+        dense_tokens = model.generate(ids, max_new_tokens=8, do_sample=False)
+    replaced = sparsify(model)
+    assert replaced and all(isinstance(model.get_submodule(n), SparseLinear) for n in replaced)
+    assert not any("lm_head" in n for n in replaced)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, dense_logits, rtol=1e-4, atol=1e-4)
+        assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), dense_tokens)
