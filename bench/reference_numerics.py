@@ -96,8 +96,10 @@ def result_row(prune_args: list[str], selection: str, accumulation: str) -> dict
     report = json.loads((Path(prune_args[prune_args.index("--output") + 1]) / "prune_report.json").read_text())
     cfg = report["config"]
     target = cfg["mask_structure"] if cfg["mask_structure"] != "0:0" else f"{cfg['sparsity']:g}"
-    return {"solver": cfg["solver"], "target": target, "selection": selection, "accumulation": accumulation,
-            "ppl": report["perplexity"]["wikitext2"], "sparsity": report["sparsity"], "command": " ".join(prune_args)}
+    return {"solver": cfg["solver"], "target": target, "allocation": cfg.get("allocation", "uniform"),
+            "selection": selection, "accumulation": accumulation,
+            "ppl": report["perplexity"]["wikitext2"], "sparsity": report["sparsity"], "command": " ".join(prune_args),
+            **({"per_block": report["allocation"]["per_block"]} if "allocation" in report else {})}
 
 
 def main() -> int:

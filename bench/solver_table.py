@@ -37,8 +37,8 @@ def run(model: str, solver: str, target: str, a: argparse.Namespace, workdir: Pa
         "model": model, "solver": solver, "target": target, "command": " ".join(cmd[2:]),
         "ppl": report.get("perplexity", {}).get("wikitext2"), "sparsity": report["sparsity"],
         **report["timings"], "peak_rss_mb": report["peak_rss_mb"],
-        **({"allocation": a.allocation, "extra": a.extra, "profile_s": report["allocation"]["profile_s"]}
-           if "allocation" in report else {}),
+        **({"allocation": a.allocation, "extra": a.extra, "profile_s": report["allocation"]["profile_s"],
+            "per_block": report["allocation"]["per_block"]} if "allocation" in report else {}),
     }
 
 

@@ -89,9 +89,31 @@ def reference_numerics_table() -> None:
           "| difference to reference |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r.get("allocation", "uniform") != "uniform":
+            continue
         key = (r["solver"], r["target"])
         print(f"| {r['solver']} | {r['target']} | {ref[key]:.3f} | {ours[key]:.3f} | {r['selection']} | "
               f"{r['accumulation']} | {r['ppl']:.3f} | {(r['ppl'] - ref[key]) / ref[key]:+.4%} |")
+
+
+def owl_reference_table() -> None:
+    """OWL + Wanda at 70%: the reference procedure vs prunellm, with the per-block outlier ratios compared."""
+    ref = _jsonl("reference_owl_smollm2.jsonl")
+    if not ref:
+        return
+    ref = ref[-1]
+    ours = [("prunellm (default numerics)", r) for r in _jsonl("allocation_smollm2.jsonl")
+            if r.get("allocation") == "owl" and r["solver"] == "wanda" and r["target"] == "0.7" and not r["extra"]]
+    ours += [(f"prunellm, {r['accumulation']} accumulation", r) for r in _jsonl("reference_numerics_smollm2.jsonl")
+             if r.get("allocation") == "owl"]
+    print("| run | ppl | difference to reference | achieved sparsity | max abs difference of block outlier ratios |")
+    print("|---|---|---|---|---|")
+    print(f"| reference (wanda_reference.py --owl) | {ref['ppl']:.3f} | – | {ref['achieved_sparsity']:.5f} | – |")
+    for label, r in ours:
+        d = max((abs(a - b) for a, b in zip(r["per_block"], ref["outlier_ratio"])), default=None) \
+            if "per_block" in r else None
+        print(f"| {label} | {r['ppl']:.3f} | {(r['ppl'] - ref['ppl']) / ref['ppl']:+.2%} | {r['sparsity']:.5f} | "
+              f"{'–' if d is None else f'{d:.1e}'} |")
 
 
 def mrp_table() -> None:
@@ -105,6 +127,16 @@ def mrp_table() -> None:
               f"{r['error_ratio_median']:.3f} | {r['error_ratio_max']:.3f} | "
               f"{r['solve_s_sparsegpt_same_stats']:.0f} / {r['solve_s_mrp']:.0f} | "
               f"{s['prune_s']:.0f} / {r['prune_s']:.0f} ({r['prune_s'] / s['prune_s']:.2f}×) |" if s else "")
+
+
+def profile_cost_table() -> None:
+    rows = _jsonl("profile_cost_smollm2.jsonl")
+    if not rows:
+        return
+    print("| allocation | profiling pass (s) | one dense forward of the calibration set (s) | ratio |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['allocation']} | {r['profile_s']:.1f} | {r['dense_forward_s']:.1f} | {r['ratio']:.2f} |")
 
 
 def zeroshot_table() -> None:
@@ -130,6 +162,7 @@ def zeroshot_table() -> None:
 
 if __name__ == "__main__":
     for table in (solver_table, reference_table, reference_numerics_table, speed_table, mrp_table, allocation_table,
+                  owl_reference_table, profile_cost_table,
                   zeroshot_table):
         table()
         print()
