@@ -1,5 +1,7 @@
 """The sparse CPU inference path: the compiled kernel against dense matmul, and sparsified models."""
 
+import json
+
 import pytest
 import torch
 
@@ -62,3 +64,22 @@ def test_sparsified_model_generates_the_same_tokens(arch):
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, dense_logits, rtol=1e-4, atol=1e-4)
         assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), dense_tokens)
+
+
+def test_cli_prune_compressed_then_run_and_bench(tiny_folder, shared_data, tmp_path, capsys):
+    from prunellm.cli import main
+
+    out = tmp_path / "sparse"
+    assert main(["prune", str(tiny_folder), "--solver", "wanda", "--sparsity", "0.7", "--nsamples", "4",
+                 "--seqlen", "32", "--data-dir", shared_data, "--save-format", "compressed", "--output", str(out)]) == 0
+    assert (out / "model.sparse.safetensors").exists() and not (out / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main(["run", str(out), "--prompt", "The tower is", "--max-new-tokens", "5"]) == 0
+    text = capsys.readouterr()
+    assert text.out.strip() and "sparse layers" in text.err
+    assert main(["bench", str(out), "--prompt-tokens", "16", "--new-tokens", "4", "--repeats", "1",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["same_tokens"] and result["sparse_layers"] == 14 and result["kernel"]
+    assert result["dense"]["decode_tokens_per_s"] > 0 and result["sparse"]["prefill_tokens_per_s"] > 0
+    assert result["memory_bytes"]["sparse"] < result["memory_bytes"]["dense"]

@@ -177,6 +177,49 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_TEXT = ("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+              "structure in Paris. Its base is square, measuring 125 metres on each side. ")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .models import load_model
+    from .sparse_linear import sparsify
+    from .speed import greedy
+
+    model, tokenizer = load_model(args.folder, dtype=args.dtype)
+    replaced = [] if args.dense else sparsify(model)
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    t0 = time.perf_counter()
+    out = greedy(model, ids, args.max_new_tokens)
+    seconds = time.perf_counter() - t0
+    print(tokenizer.decode(out[0], skip_special_tokens=True))
+    print(f"[{len(replaced)} sparse layers, {args.max_new_tokens} tokens in {seconds:.2f}s, "
+          f"{torch.get_num_threads()} threads]", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .report import format_table, write_json
+    from .speed import compare
+
+    model, tokenizer = load_model(args.folder, dtype=args.dtype)
+    ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 20), return_tensors="pt").input_ids[:, : args.prompt_tokens]
+    result = {"model": args.folder, **compare(model, ids, args.new_tokens, args.repeats)}
+    rows = [[name, f"{result[name]['prefill_tokens_per_s']:.1f}", f"{result[name]['decode_tokens_per_s']:.2f}",
+             f"{result['memory_bytes'][name] / 2**20:.0f}"] for name in ("dense", "sparse")]
+    print(format_table(["weights", "prefill tok/s", "decode tok/s", "MiB in memory"], rows))
+    print(f"decode speedup {result['decode_speedup']:.2f}x, prefill {result['prefill_speedup']:.2f}x, "
+          f"greedy tokens identical: {result['same_tokens']}, kernel: {result['kernel'] or result['kernel_error']}")
+    if args.json:
+        write_json(Path(args.json), result)
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_allocation
 
@@ -246,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast values first (default: keep)")
     cp.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     cp.set_defaults(func=_cmd_compress)
+
+    ru = sub.add_parser("run", help="generate text with the sparse kernels swapped in")
+    ru.add_argument("folder", help="a pruned model folder (dense or compressed) or any model")
+    ru.add_argument("--prompt", required=True)
+    ru.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    ru.add_argument("--dense", action="store_true", help="keep dense linears (for comparison)")
+    ru.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ru.set_defaults(func=_cmd_run)
+
+    be = sub.add_parser("bench", help="prefill and decode tokens/s, dense vs sparse kernels, same greedy tokens")
+    be.add_argument("folder", help="a pruned model folder (dense or compressed)")
+    be.add_argument("--prompt-tokens", type=_positive_int, default=128)
+    be.add_argument("--new-tokens", type=_positive_int, default=32)
+    be.add_argument("--repeats", type=_positive_int, default=3, help="best of N timings")
+    be.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    be.add_argument("--json", help="write the result here")
+    be.set_defaults(func=_cmd_bench)
 
     pl = sub.add_parser("plot", help="draw a pruned folder's per-layer sparsity and allocation statistic (PNG)")
     pl.add_argument("folder", help="a folder written by `prunellm prune`")
