@@ -22,15 +22,15 @@ namespace {
 constexpr int64_t kMaxBatch = 8;  // accumulators kept in registers per row pass
 
 #ifdef PRUNELLM_AVX2
-// For each mask byte, the source lane of every output lane: its rank among the set bits (2 KiB, so it
-// stays in L1 beside the streamed values).
+// For each mask byte, the source lane of every output lane: its rank among the set bits, with the
+// sign bit set on lanes whose bit is clear, so one blendv zeroes them (8 KiB, stays in L1).
 struct ExpandTable {
-  alignas(64) uint8_t index[256][8];
+  alignas(64) int32_t index[256][8];
   ExpandTable() {
     for (int m = 0; m < 256; ++m) {
       int k = 0;
       for (int j = 0; j < 8; ++j) {
-        index[m][j] = ((m >> j) & 1) ? k++ : 0;
+        index[m][j] = ((m >> j) & 1) ? k++ : int32_t(0x80000000u);
       }
     }
   }
@@ -46,13 +46,11 @@ inline float hsum(__m256 v) {
 #endif
 
 #ifdef PRUNELLM_AVX2
-// The 8 values selected by mask byte m, spread to their columns (zeros elsewhere); the lane mask is
-// computed in registers from the byte.
+// The 8 values selected by mask byte m, spread to their columns (zeros elsewhere).
 inline __m256 expand8(const float* v, unsigned m) {
-  const __m256i lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), lanes), lanes);
-  const __m256i index = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(kTable.index[m])));
-  return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(v), index), _mm256_castsi256_ps(keep));
+  const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.index[m]));
+  const __m256 vals = _mm256_permutevar8x32_ps(_mm256_loadu_ps(v), index);
+  return _mm256_blendv_ps(vals, _mm256_setzero_ps(), _mm256_castsi256_ps(index));
 }
 
 // One row of W against NB input rows. Masks are read 64 bits at a time: the eight value offsets
