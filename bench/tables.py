@@ -139,6 +139,33 @@ def profile_cost_table() -> None:
         print(f"| {r['allocation']} | {r['profile_s']:.1f} | {r['dense_forward_s']:.1f} | {r['ratio']:.2f} |")
 
 
+def sparse_tables() -> None:
+    rows = _jsonl("sparse_speed_smollm2.jsonl")
+    if not rows:
+        return
+    mib = 2**20
+    print("| target | dense folder (MiB) | compressed float32 | compressed float16 | pruned weights alone, float32 "
+          "| pruned weights alone, float16 | bound (1−s) + 1/(8·bytes) float32 / float16 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        z, s = r["sizes"], r["sparsity"]
+        p32, p16 = z["pruned_weights_float32"], z["pruned_weights_float16"]
+        print(f"| {r['target']} | {z['dense_float32'] / mib:.0f} | {z['compressed_float32'] / mib:.0f} "
+              f"({z['compressed_float32'] / z['dense_float32']:.1%}) | {z['compressed_float16'] / mib:.0f} "
+              f"({z['compressed_float16'] / z['dense_float32']:.1%}) | {p32['stored'] / p32['dense']:.1%} | "
+              f"{p16['stored'] / p16['dense']:.1%} | {1 - s + 1 / 32:.1%} / {1 - s + 1 / 16:.1%} |")
+    print()
+    print("| target | threads | decode tok/s dense | decode tok/s sparse | decode speedup | prefill tok/s dense "
+          "| prefill tok/s sparse | greedy tokens identical | weights in memory dense / sparse (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        d, sp = r["dense"], r["sparse"]
+        print(f"| {r['target']} | {r['machine']['threads']} | {d['decode_tokens_per_s']:.1f} | "
+              f"{sp['decode_tokens_per_s']:.1f} | {r['decode_speedup']:.2f}× | {d['prefill_tokens_per_s']:.0f} | "
+              f"{sp['prefill_tokens_per_s']:.0f} | {r['same_tokens']} | "
+              f"{r['memory_bytes']['dense'] / mib:.0f} / {r['memory_bytes']['sparse'] / mib:.0f} |")
+
+
 def zeroshot_table() -> None:
     files = {"dense": "zeroshot_dense_limit100.json", "wanda 50%": "zeroshot_wanda50_limit100.json"}
     data = {k: json.loads((RESULTS / f).read_text())["zeroshot"] for k, f in files.items() if (RESULTS / f).exists()}
@@ -162,7 +189,7 @@ def zeroshot_table() -> None:
 
 if __name__ == "__main__":
     for table in (solver_table, reference_table, reference_numerics_table, speed_table, mrp_table, allocation_table,
-                  owl_reference_table, profile_cost_table,
+                  owl_reference_table, profile_cost_table, sparse_tables,
                   zeroshot_table):
         table()
         print()

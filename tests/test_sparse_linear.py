@@ -83,3 +83,11 @@ def test_cli_prune_compressed_then_run_and_bench(tiny_folder, shared_data, tmp_p
     assert result["same_tokens"] and result["sparse_layers"] == 14 and result["kernel"]
     assert result["dense"]["decode_tokens_per_s"] > 0 and result["sparse"]["prefill_tokens_per_s"] > 0
     assert result["memory_bytes"]["sparse"] < result["memory_bytes"]["dense"]
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 13), (64, 200), (33, 577)])
+def test_kernel_decompress_is_exact(rows, cols):
+    w = _sparse_weight(rows, cols, 0.6, seed=cols)
+    w[-1] = 0
+    layer = SparseLinear(w)
+    assert torch.equal(kernels.load().bitmask_decompress(layer.values, layer.bitmask, layer.row_offsets, cols), w)

@@ -154,6 +154,36 @@ torch::Tensor bitmask_matmul(const torch::Tensor& values, const torch::Tensor& b
   return y.t().contiguous();
 }
 
+// The dense rows × cols weight (for long inputs, where one dense matmul beats the kernel).
+torch::Tensor bitmask_decompress(const torch::Tensor& values, const torch::Tensor& bitmask,
+                                 const torch::Tensor& row_offsets, int64_t cols) {
+  TORCH_CHECK(values.scalar_type() == torch::kFloat32 && bitmask.scalar_type() == torch::kUInt8, "bad types");
+  TORCH_CHECK(values.is_contiguous() && bitmask.is_contiguous() && row_offsets.is_contiguous(), "not contiguous");
+  const int64_t rows = bitmask.size(0), bytes = bitmask.size(1);
+  TORCH_CHECK((cols + 7) / 8 == bytes && row_offsets.size(0) == rows, "shapes do not match");
+  torch::Tensor padded = torch::empty({rows, 8 * bytes}, values.options());
+  const float* vp = values.data_ptr<float>();
+  const uint8_t* mp = bitmask.data_ptr<uint8_t>();
+  const int64_t* op = row_offsets.data_ptr<int64_t>();
+  float* wp = padded.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* v = vp + op[r];
+      float* w = wp + r * 8 * bytes;
+      for (int64_t c = 0; c < bytes; ++c) {
+        const unsigned m = mp[r * bytes + c];
+#ifdef PRUNELLM_AVX2
+        _mm256_storeu_ps(w + 8 * c, expand8(v, m));
+        v += __builtin_popcount(m);
+#else
+        for (int j = 0; j < 8; ++j) w[8 * c + j] = ((m >> j) & 1) ? *v++ : 0.f;
+#endif
+      }
+    }
+  });
+  return cols == 8 * bytes ? padded : padded.narrow(1, 0, cols).contiguous();
+}
+
 bool has_avx2() {
 #ifdef PRUNELLM_AVX2
   return true;
@@ -164,5 +194,6 @@ bool has_avx2() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bitmask_matmul", &bitmask_matmul, "x @ W.T for a bitmask-compressed W (float32)");
+  m.def("bitmask_decompress", &bitmask_decompress, "the dense weight of a bitmask-compressed W (float32)");
   m.def("has_avx2", &has_avx2, "whether the AVX2 path was compiled");
 }
