@@ -161,6 +161,18 @@ def test_als_redundancy_is_uncentred_linear_cka():
     assert rm[0, 3] > rm[0, 1]
 
 
+@pytest.mark.parametrize("kind", ["input", "output", "gate"])
+def test_als_feature_options_match_their_definitions(kind):
+    from prunellm.allocation.als import measure
+    from prunellm.solvers import LayerStats
+
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(30, 6, generator=g), torch.randn(4, 6, generator=g)
+    grams = measure({"l": w}, {"l": LayerStats(features=x)}, als_features=kind, als_norm="none")["grams"]
+    f = {"input": x, "output": x @ w.T, "gate": torch.nn.functional.silu(x @ w.T)}[kind].double()
+    assert torch.allclose(grams["l"], f @ f.T, rtol=1e-5, atol=1e-5)
+
+
 def test_als_importance_and_suffix_mean():
     from prunellm.allocation.als import importance, suffix_mean
 

@@ -44,7 +44,7 @@ class PruneConfig:
     owl_m: float = 5.0  # OWL outlier threshold (× mean score)
     owl_lmbda: float = 0.08  # OWL spread (llm-compressor's spelling); an integer N shift for N:M
     alpha_epsilon: float | None = None  # AlphaPruning spread ε (ratios in [1−ε, 1+ε] × target); default 0.3, narrowed to stay below 99%
-    als_features: str = "input"  # ALS features: input or output of each linear
+    als_features: str = "input"  # ALS features: input, output or gate (SiLU of the output) of each linear
     als_norm: str = "feature+weight"  # ALS normalization: none, feature, feature+weight
     als_decreasing: str = "mu"  # ALS importance: exp(−ρ/μ) ("mu") or exp(−ρ) ("original")
     als_bounds: list[float] | None = None  # ALS per-layer sparsity bounds (default: target ± min(0.2, S/2, (1−S)/6))
@@ -88,7 +88,7 @@ class PruneConfig:
         n, m = self.nm
         if self.allocation in ("alpha", "als") and m:
             raise UsageError(f"allocation {self.allocation!r} is for unstructured sparsity; use --sparsity")
-        choices = {"als_features": ("input", "output"), "als_norm": ("none", "feature", "feature+weight"),
+        choices = {"als_features": ("input", "output", "gate"), "als_norm": ("none", "feature", "feature+weight"),
                    "als_decreasing": ("mu", "original"), "als_direction": ("sparser", "denser")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -108,15 +108,20 @@ def default_bounds(sparsity: float) -> tuple[float, float]:
     return sparsity - half, sparsity + half
 
 
+def features(x: torch.Tensor, w: torch.Tensor, kind: str) -> torch.Tensor:
+    """The features ALS compares: the layer's input, its output x Wᵀ, or that output through SiLU ("gate",
+    the SwiGLU gate's form; the paper names the option without defining it, so this is a reconstruction)."""
+    if kind == "input":
+        return x.double()
+    out = x.double() @ w.double().T
+    return torch.nn.functional.silu(out) if kind == "gate" else out
+
+
 def measure(weights, stats, als_features: str = "input", als_norm: str = "feature+weight", **_) -> dict:
     grams = {}
     for name, w in weights.items():
-        x = stats[name].features
-        if als_features == "output":
-            x = x.double() @ w.double().T
-            grams[name] = gram(normalize(x, None, als_norm))
-        else:
-            grams[name] = gram(normalize(x, w, als_norm))
+        x = features(stats[name].features, w, als_features)
+        grams[name] = gram(normalize(x, w if als_features == "input" else None, als_norm))
     return {"grams": grams}
 
 
