@@ -53,9 +53,9 @@ inline __m256 expand8(const float* v, unsigned m) {
   return _mm256_blendv_ps(vals, _mm256_setzero_ps(), _mm256_castsi256_ps(index));
 }
 
-// One row of W against NB input rows. Masks are read 64 bits at a time: the eight value offsets
-// inside the word are independent popcounts, so the pointer chain advances once per 64 columns, and
-// S accumulator sets per input row hide the FMA latency when NB is small.
+// One row of W against NB input rows. The value pointer advances by each mask byte's popcount (a
+// one-cycle add chain; the loads hang off it), and S accumulator sets per input row hide the FMA
+// latency when NB is small.
 template <int NB>
 inline void row_dot(const float* v, const uint8_t* mask, int64_t bytes, const float* x, int64_t xs, float* out) {
   constexpr int S = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
@@ -63,18 +63,15 @@ inline void row_dot(const float* v, const uint8_t* mask, int64_t bytes, const fl
   for (int s = 0; s < S; ++s)
     for (int b = 0; b < NB; ++b) acc[s][b] = _mm256_setzero_ps();
   int64_t c = 0;
-  for (; c + 8 <= bytes; c += 8) {
-    uint64_t w;
-    std::memcpy(&w, mask + c, 8);
-    const float* xc = x + 8 * c;
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; ++k) {
-      const int off = k ? __builtin_popcountll(w & ((uint64_t(1) << (8 * k)) - 1)) : 0;
-      const __m256 vals = expand8(v + off, unsigned(w >> (8 * k)) & 0xFF);
+  for (; c + S <= bytes; c += S) {
+#pragma GCC unroll 4
+    for (int k = 0; k < S; ++k) {
+      const unsigned m = mask[c + k];
+      const __m256 vals = expand8(v, m);
+      v += __builtin_popcount(m);
       for (int b = 0; b < NB; ++b)
-        acc[k % S][b] = _mm256_fmadd_ps(vals, _mm256_loadu_ps(xc + 8 * k + b * xs), acc[k % S][b]);
+        acc[k][b] = _mm256_fmadd_ps(vals, _mm256_loadu_ps(x + 8 * (c + k) + b * xs), acc[k][b]);
     }
-    v += __builtin_popcountll(w);
   }
   for (; c < bytes; ++c) {
     const unsigned m = mask[c];
