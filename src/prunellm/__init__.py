@@ -16,6 +16,7 @@ from .evaluate import evaluate_perplexity
 from .masks import Target
 from .models import load_model
 from .models import load_model as load
+from .offload import prune_from_disk
 from .perplexity import perplexity
 from .save import save_pruned
 from .solvers import SOLVERS
@@ -33,6 +34,7 @@ __all__ = [
     "load_model",
     "perplexity",
     "prune",
+    "prune_from_disk",
     "save_pruned",
 ]
 __version__ = "0.1.0"

@@ -3,7 +3,9 @@
 `BlockStream` captures the first block's inputs, then for each block runs every calibration batch
 through it with statistic hooks and yields the collected statistics; when the consumer is done with
 the block (e.g. pruned it), the next block's inputs are made by re-running it ("pruned", the reference
-behaviour) or from the outputs of the statistics pass ("dense"). Only one block's activations are held.
+behaviour) or from the outputs of the statistics pass ("dense"). Only one block's activations are held,
+in memory or spilled to disk (`activations`); a `residency` materializes each block just in time (offload),
+and with several processes each rank runs its shard of the batches and the statistics are summed.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import distributed
+from .activations import MemoryActivations
 from .blocks import BlockStack, derived_inputs
 from .capture import capture_inputs, run_block
+from .offload import InMemory
 from .stats import StatsCollector
 
 
@@ -32,39 +37,56 @@ class BlockStream:
         batch_size: int = 8,
         propagate: str = "pruned",
         feature_tokens: int = 512,
+        residency=None,
+        save: bool = False,
+        activations=None,
     ):
         self.model, self.stack, self.per_block = model, stack, per_block
         self.calibration_ids, self.needs = calibration_ids, needs
         self.batch_size, self.propagate = batch_size, propagate
         self.feature_tokens = feature_tokens
+        self.residency = residency or InMemory()
+        self.save = save  # residency writes each block once the stream is done with it (the pruning pass)
+        self.activations = activations or MemoryActivations()
         self.feature_stride = max(1, calibration_ids.numel() // feature_tokens)  # spread over all samples
         self.forward_s = 0.0  # capture + one forward of every block (the propagating one)
         self.phase = ""
 
     def __iter__(self) -> Iterator[tuple[int, StatsCollector]]:
+        ids = distributed.shard(self.calibration_ids, self.batch_size)
         t0 = time.perf_counter()
-        inputs = capture_inputs(self.model, self.stack, self.calibration_ids, self.batch_size)
+        with self.residency.outer():
+            inputs = capture_inputs(self.model, self.stack, ids, self.batch_size, self.activations)
         self.forward_s += time.perf_counter() - t0
-        for i, block in enumerate(self.stack.blocks):
-            self.phase = "calibrate"
-            collector = StatsCollector(self.per_block[i], self.needs, derived_inputs(block, f"{self.stack.path}.{i}"),
-                                       self.feature_tokens, self.feature_stride)
-            dense = self.propagate == "dense"
-            t0 = time.perf_counter()
-            outputs = []
-            for j, hidden in enumerate(inputs.hidden):
-                out = run_block(block, hidden, inputs.calls[i][j])
-                collector.end_batch()
-                if dense:
-                    outputs.append(out)
-            collector.remove()
-            if dense:
-                self.forward_s += time.perf_counter() - t0
-            yield i, collector
-            del collector
-            if not dense:
-                self.phase = "propagate"
+        try:
+            for i, block in enumerate(self.stack.blocks):
+                self.phase = "calibrate"
+                self.residency.load(i)
+                collector = StatsCollector(self.per_block[i], self.needs,
+                                           derived_inputs(block, f"{self.stack.path}.{i}"),
+                                           self.feature_tokens, self.feature_stride)
+                dense = self.propagate == "dense"
+                outputs = inputs.hidden.new()
                 t0 = time.perf_counter()
-                outputs = [run_block(block, h, inputs.calls[i][j]) for j, h in enumerate(inputs.hidden)]
-                self.forward_s += time.perf_counter() - t0
-            inputs.hidden = outputs
+                for j, hidden in enumerate(inputs.hidden):
+                    out = run_block(block, hidden, inputs.calls[i][j])
+                    collector.end_batch()
+                    if dense:
+                        outputs.append(out)
+                collector.remove()
+                if dense:
+                    self.forward_s += time.perf_counter() - t0
+                distributed.all_reduce_stats(collector.stats, self.feature_tokens)
+                yield i, collector
+                del collector
+                if not dense:
+                    self.phase = "propagate"
+                    t0 = time.perf_counter()
+                    for j, hidden in enumerate(inputs.hidden):
+                        outputs.append(run_block(block, hidden, inputs.calls[i][j]))
+                    self.forward_s += time.perf_counter() - t0
+                self.residency.release(i, self.save)
+                inputs.hidden.close()
+                inputs.hidden = outputs
+        finally:
+            inputs.hidden.close()

@@ -32,7 +32,7 @@ class Call:
 class BlockInputs:
     """Hidden states of the current block (one tensor per chunk) and every block's call arguments."""
 
-    hidden: list[torch.Tensor]
+    hidden: object  # a MemoryActivations / DiskActivations store (one tensor per chunk)
     calls: list[list[Call]] = field(default_factory=list)  # [block][chunk]
 
 
@@ -65,10 +65,15 @@ def _hidden_arg(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, stack: BlockStack, ids: torch.Tensor, batch_size: int) -> BlockInputs:
-    """Run the model up to its blocks on `ids` (N × T) in chunks and record every block's inputs."""
-    device = next(model.parameters()).device
-    result = BlockInputs(hidden=[], calls=[[] for _ in stack.blocks])
+def capture_inputs(model: nn.Module, stack: BlockStack, ids: torch.Tensor, batch_size: int,
+                   store=None) -> BlockInputs:
+    """Run the model up to its blocks on `ids` (N × T) in chunks and record every block's inputs.
+
+    Block 0's hidden states go to `store` (default: a list in memory)."""
+    from .activations import MemoryActivations
+
+    device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+    result = BlockInputs(hidden=store if store is not None else MemoryActivations(), calls=[[] for _ in stack.blocks])
     seen: list[list[Call]] = [[] for _ in stack.blocks]
     last = len(stack.blocks) - 1
 
@@ -76,6 +81,8 @@ def capture_inputs(model: nn.Module, stack: BlockStack, ids: torch.Tensor, batch
         def forward(*args, **kwargs):
             hidden, rest, kw = _hidden_arg(args, kwargs)
             if index == 0:
+                if hidden.is_meta:
+                    raise RuntimeError("the model ran a layer before its blocks whose weights were not loaded")
                 result.hidden.append(hidden)
             result.calls[index].append(_dedupe(Call(rest, kw), seen[index]))
             if index == last:

@@ -111,7 +111,41 @@ def _prune_config(args: argparse.Namespace):
     return config.validate()
 
 
+def _relaunch(nproc: int, argv: list[str]) -> int:
+    """`prunellm prune --nproc N ...` is `torchrun --standalone --nproc-per-node N -m prunellm prune ...`."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "prunellm", *rest]
+    return subprocess.run(cmd).returncode
+
+
+def _resolve_once(name: str) -> str:
+    """Resolve (and on first use convert) the model on rank 0 before the other processes read it."""
+    from . import distributed
+    from .models import resolve_model
+
+    source = resolve_model(name) if distributed.is_main() else None
+    distributed.barrier()
+    return source if source is not None else resolve_model(name)
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
+    import os
+
+    from . import distributed
+
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _relaunch(args.nproc, args.argv)
+    distributed.init_from_env()
     from .engine import prune
     from .evaluate import evaluate_perplexity
     from .models import load_model
@@ -125,15 +159,30 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
         task_configs(args.eval_tasks, config.data_dir)
     name = _model_name(args)
-    model, tokenizer = load_model(name, dtype=args.dtype)
+    source = _resolve_once(name)
+    offload = args.offload
+    if offload == "auto":
+        from .offload import should_offload
+
+        offload = "disk" if Path(source).is_dir() and should_offload(source, DTYPES[args.dtype]) else "none"
+        if offload == "disk" and distributed.is_main():
+            print(f"{name} does not fit in free memory: pruning it block by block from disk (--offload disk)")
+    if offload == "disk":
+        return _prune_offloaded(args, config, name, source)
+    model, tokenizer = load_model(source, dtype=args.dtype)
 
     def ppl() -> dict:
         return evaluate_perplexity(
             model, tokenizer, args.eval_ppl, args.eval_seqlen, args.eval_max_windows, 1, config.data_dir
         )
 
-    dense = ppl() if args.eval_ppl and args.eval_dense else None
-    report = {"model": name, "dtype": args.dtype, **prune(model, tokenizer, config)}
+    main_rank = distributed.is_main()
+    dense = ppl() if args.eval_ppl and args.eval_dense and main_rank else None
+    report = {"model": name, "dtype": args.dtype,
+              **prune(model, tokenizer, config, activations=args.activations, spill_dir=args.spill_dir)}
+    if not main_rank:  # rank 0 evaluates and writes
+        distributed.barrier()
+        return 0
     if args.eval_ppl:
         after = ppl()
         report.update(perplexity=after["perplexity"], eval={"seqlen": after["seqlen"], "windows": after["windows"]})
@@ -145,16 +194,41 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
                                                data_dir=config.data_dir)
     save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite, save_format=args.save_format)
-
-    t = report["timings"]
-    print(f"pruned {name} with {config.solver} to {report['sparsity']:.4f} sparsity "
-          f"({config.target()} per layer) in {t['prune_s']:.1f}s (calibration forward {t['calib_forward_s']:.1f}s)")
+    distributed.barrier()
+    _print_pruned(report, name, config)
     if args.eval_ppl:
         rows = [[ds, (dense or {}).get("perplexity", {}).get(ds, "-"), v] for ds, v in report["perplexity"].items()]
         print(format_table(["dataset", "ppl dense", "ppl pruned"], rows))
     if args.eval_tasks:
         print(format_table(["task", "acc", "acc_norm", "acc_stderr", "samples"], zeroshot_rows(report["zeroshot"])))
     print(f"wrote {args.output}")
+    return 0
+
+
+def _print_pruned(report: dict, name: str, config) -> None:
+    t = report["timings"]
+    print(f"pruned {name} with {config.solver} to {report['sparsity']:.4f} sparsity "
+          f"({config.target()} per layer) in {t['prune_s']:.1f}s (calibration forward {t['calib_forward_s']:.1f}s)")
+
+
+def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str) -> int:
+    from . import distributed
+    from .compressed import is_compressed
+    from .offload import prune_from_disk
+
+    if args.eval_ppl or args.eval_tasks or args.eval_dense:
+        raise UsageError("--offload disk never holds the whole model, so it cannot evaluate it: "
+                         f"run `prunellm eval {args.output}` afterwards")
+    if args.save_format != "dense":
+        raise UsageError(f"--offload disk writes a dense sharded folder; compress it afterwards with "
+                         f"`prunellm compress {args.output} OUT`")
+    if not Path(source).is_dir() or is_compressed(source):
+        raise UsageError(f"--offload disk needs a local safetensors model folder, got {name!r}")
+    report = prune_from_disk(source, args.output, config, args.dtype, overwrite=args.overwrite,
+                             activations=args.activations, spill_dir=args.spill_dir)
+    if distributed.is_main():
+        _print_pruned(report, name, config)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -281,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-limit", type=_positive_int, help="first N examples of each zero-shot task")
     pr.add_argument("--save-format", choices=["dense", "compressed"], default="dense",
                     help="dense: plain Hugging Face folder (default); compressed: kept values + bitmask")
+    pr.add_argument("--offload", choices=["auto", "none", "disk"], default="auto",
+                    help="disk: load one block at a time from the checkpoint and write it out pruned "
+                         "(auto: when the weights do not fit in free memory)")
+    pr.add_argument("--activations", choices=["auto", "memory", "disk"], default="auto",
+                    help="where a block's calibration activations live (auto: disk when they do not fit)")
+    pr.add_argument("--spill-dir", help="folder for spilled activations (default: the system temp folder)")
+    pr.add_argument("--nproc", type=_positive_int, default=1,
+                    help="calibrate with N processes (torch.distributed; same as torchrun --nproc-per-node N)")
     pr.set_defaults(func=_cmd_prune)
 
     cp = sub.add_parser("compress", help="store a pruned folder's sparse weights as values + bitmask")
@@ -318,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `prunellm` console script."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UsageError as exc:

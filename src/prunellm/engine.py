@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
+from .activations import activation_store
 from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
 from .calibration import BlockStream
 from .config import PruneConfig
@@ -23,6 +25,7 @@ from .data import calibration_batch
 from .errors import UsageError
 from .masks import Target
 from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
+from .offload import InMemory
 from .allocation import ALLOCATIONS
 from .solvers import SOLVERS, LayerStats, PruneResult
 
@@ -89,12 +92,18 @@ def prune(
     layer_targets: Mapping[str, Target] | None = None,
     progress: bool = True,
     on_layer: Callable[[str, torch.Tensor, LayerStats, PruneResult], None] | None = None,
+    residency=None,
+    activations: str = "auto",
+    spill_dir: str | None = None,
 ) -> dict:
     """Prune `model` in place and return the report (per-layer targets and sparsity, timings, memory).
 
     `layer_targets` overrides the uniform target per layer (full module name → Target); this is how
     a layer-wise allocation feeds the engine. `calibration_ids` (N × T) skips loading calibration data.
     `on_layer(name, dense_weight, stats, result)` sees every solved layer (benchmarks, diagnostics).
+    `residency` materializes blocks one at a time (see `offload`); `activations` (auto, memory, disk) says
+    where a block's calibration activations live, `spill_dir` where spilled ones go. Under torchrun each
+    process calibrates on its share of the samples (see `distributed`).
     """
     config = (config or PruneConfig()).validate()
     solver = SOLVERS[config.solver]
@@ -102,6 +111,12 @@ def prune(
     uniform = config.target()
     targets = {name: uniform for layers in per_block for name in layers}
     model.eval()
+    residency = residency or InMemory()
+    progress = progress and distributed.is_main()
+
+    def store():
+        return activation_store(activations, calibration_ids.numel() // distributed.world_size(),
+                                _hidden_size(model), spill_dir)
 
     start_rss = current_rss_mb()
     peak_is_own = reset_peak_rss()  # so the peak below is this pruning step's, not the model load's
@@ -113,7 +128,10 @@ def prune(
         needs_data = solver.needs or ALLOCATIONS[config.allocation].needs
         if needs_data and calibration_ids is None:
             calibration_ids = _calibration_ids(tokenizer, config)
-        result, profile_s = allocate_targets(model, stack.path, stack, per_block, config, calibration_ids, progress)
+        result, profile_s = allocate_targets(model, stack.path, stack, per_block, config, calibration_ids, progress,
+                                             residency,
+                                             store() if ALLOCATIONS[config.allocation].needs else None)
+        result = distributed.share_object(result)  # every rank prunes to rank 0's targets
         layer_targets = result.targets
         allocation = {"name": config.allocation, "statistic": result.stat_name, "per_block": result.block_stat,
                       "profile_s": round(profile_s, 3), **result.info}
@@ -127,13 +145,21 @@ def prune(
     stream = None
     if solver.needs:
         stream = BlockStream(model, stack, per_block, calibration_ids, solver.needs,
-                             config.calibration_batch_size, config.propagate)
+                             config.calibration_batch_size, config.propagate,
+                             residency=residency, save=True, activations=store())
         blocks = iter(stream)
     else:
         blocks = ((i, None) for i in range(len(stack)))
     for i, collector in blocks:
         bar.set_postfix_str("solve")
-        for name, module in per_block[i].items():
+        if collector is None:
+            residency.load(i)
+        items = list(per_block[i].items())
+        owners = distributed.assign([get_weight(m).numel() for _, m in items])
+        block_rows: dict[int, dict] = {}
+        for k, (name, module) in enumerate(items):
+            if owners[k] != distributed.rank():
+                continue  # another process solves this layer
             stats = collector.get(name) if collector else LayerStats()
             dense_weight = get_weight(module)
             if on_layer is not None:
@@ -148,11 +174,16 @@ def prune(
                 mask_selection=config.mask_selection,
             )
             set_weight(module, result.weight)
-            rows.append(_layer_row(name, module, targets[name], time.perf_counter() - t0, result))
+            block_rows[k] = _layer_row(name, module, targets[name], time.perf_counter() - t0, result)
             if on_layer is not None:
                 t0 = time.perf_counter()
                 on_layer(name, dense_weight, stats, result)
                 hook_s += time.perf_counter() - t0
+        for k, (name, module) in enumerate(items):
+            distributed.share_weight(module.weight, owners[k])
+            rows.append(distributed.share_object(block_rows.get(k), owners[k]))
+        if collector is None:
+            residency.release(i, save=True)
         bar.update(1)
     bar.close()
     forward_s = stream.forward_s if stream else 0.0
@@ -167,6 +198,7 @@ def prune(
         **({"allocation": allocation} if allocation else {}),
         "layers": rows,
         "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
+        **({"processes": distributed.world_size()} if distributed.is_active() else {}),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "memory_mb": {
             "rss_at_start": round(start_rss, 1),

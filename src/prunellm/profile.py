@@ -37,8 +37,15 @@ def allocate_targets(
     config: PruneConfig,
     calibration_ids: torch.Tensor | None,
     progress: bool = True,
+    residency=None,
+    activations=None,
 ) -> tuple[AllocationResult, float]:
-    """Per-layer targets from `config.allocation`; returns the result and the profiling seconds."""
+    """Per-layer targets from `config.allocation`; returns the result and the profiling seconds.
+
+    `residency` and `activations` are the engine's (offloaded blocks, spilled activations)."""
+    from .offload import InMemory
+
+    residency = residency or InMemory()
     allocation = ALLOCATIONS[config.allocation]
     options = config.allocation_options()
     t0 = time.perf_counter()
@@ -49,15 +56,18 @@ def allocate_targets(
             if config.profile_samples:
                 calibration_ids = calibration_ids[: config.profile_samples]
             stream = BlockStream(model, stack, per_block, calibration_ids, allocation.needs,
-                                 config.calibration_batch_size, propagate="dense")
+                                 config.calibration_batch_size, propagate="dense", residency=residency,
+                                 activations=activations)
             for i, collector in stream:
                 weights = {name: get_weight(m) for name, m in per_block[i].items()}
                 measures.append(allocation.measure(weights, {n: collector.get(n) for n in weights}, **options))
                 bar.update(1)
         else:
-            for layers in per_block:
+            for i, layers in enumerate(per_block):
+                residency.load(i)
                 measures.append(allocation.measure({name: get_weight(m) for name, m in layers.items()}, None,
                                                    **options))
+                residency.release(i, save=False)
                 bar.update(1)
         bar.close()
     result = allocation.allocate(layer_infos(stack_path, per_block), measures, config.target(), **options)

@@ -1,0 +1,290 @@
+"""Prune models larger than memory: one block materialized at a time from the safetensors shards.
+
+The model is built as a skeleton on the meta device (accelerate's `init_empty_weights`; buffers such
+as rotary frequencies stay real). `DiskResidency` loads a block's tensors from the checkpoint just
+before the engine runs it and, once the engine is done with it, writes the pruned block to its own
+output shard and returns it to meta. Modules before the blocks (embeddings) are loaded on first call
+during input capture and released right after. Peak memory is one block, its calibration
+activations and statistics, plus the embedding during capture, whatever the number of blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .blocks import BlockStack
+from .errors import UsageError
+from .memory import available_mb, return_freed_memory
+
+INDEX = "model.safetensors.index.json"
+_COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+           "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+class Checkpoint:
+    """Tensors of a safetensors model folder (one file or an index of shards), read one at a time.
+
+    Reads each tensor's bytes straight into its own buffer (`readinto` at the offset the header gives)
+    instead of memory-mapping whole shards, so what is resident is exactly the tensors asked for."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / INDEX
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (self.folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise UsageError(f"{self.folder} has no model.safetensors or {INDEX}; offloading reads safetensors folders")
+        self.entries: dict[str, tuple[str, int, dict]] = {}  # name -> (file, data start, header entry)
+        for file in files:
+            with open(self.folder / file, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    self.entries[name] = (file, 8 + size, entry)
+        self.weight_map = {name: file for name, (file, _, _) in self.entries.items()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.entries:
+            raise UsageError(f"{name} is not in the checkpoint {self.folder}; offloading needs a folder saved by "
+                             "transformers whose tensor names match the model's")
+        file, base, entry = self.entries[name]
+        start, end = entry["data_offsets"]
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        with open(self.folder / file, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(memoryview(raw.numpy())) != end - start:
+                raise UsageError(f"{self.folder / file} is truncated (reading {name})")
+        return raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def numel(self) -> int:
+        """Elements over all tensors, from the file headers (nothing loaded)."""
+        total = 0
+        for _, _, entry in self.entries.values():
+            size = 1
+            for dim in entry["shape"]:
+                size *= dim
+            total += size
+        return total
+
+
+def should_offload(folder: str | Path, dtype: torch.dtype) -> bool:
+    """`--offload auto`: offload when the weights in the compute dtype take more than 60% of free memory."""
+    try:
+        need_mb = Checkpoint(folder).numel() * torch.finfo(dtype).bits / 8 / 2**20
+    except UsageError:
+        return False
+    free = available_mb()
+    return bool(free) and need_mb > 0.6 * free
+
+
+def skeleton(folder: str | Path, dtype: torch.dtype):
+    """The model with parameters on the meta device (no memory at all) and its tokenizer.
+
+    Built as transformers itself builds before loading: under `torch.device("meta")`, then the
+    non-persistent buffers (rotary frequencies, embedding scales) made real and set by the model's own
+    `_init_weights`, which is how transformers restores them after a meta-device load."""
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    owners = []
+    for name, module in model.named_modules():
+        for buffer_name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(buffer_name)
+            if buffer is not None and buffer.is_meta:
+                full = f"{name}.{buffer_name}" if name else buffer_name
+                set_module_tensor_to_device(model, full, "cpu", value=torch.zeros(buffer.shape, dtype=buffer.dtype))
+                owners.append(module)
+    for module in owners:
+        model._init_weights(module)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder) if (Path(folder) / "tokenizer_config.json").exists() else None
+    return model, tokenizer
+
+
+class InMemory:
+    """The residency of an ordinary model: everything is already loaded, nothing to write."""
+
+    @contextmanager
+    def outer(self) -> Iterator[None]:
+        yield
+
+    def load(self, index: int) -> None:
+        pass
+
+    def release(self, index: int, save: bool) -> None:
+        pass
+
+
+def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from module.named_parameters(recurse=False)
+    yield from ((n, b) for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set)
+
+
+class DiskResidency:
+    """Materialize blocks of a meta skeleton from `checkpoint` one at a time; write pruned ones to `output`."""
+
+    def __init__(self, model: nn.Module, stack: BlockStack, checkpoint: Checkpoint, dtype: torch.dtype,
+                 output: Path | None = None):
+        self.model, self.stack, self.checkpoint, self.dtype = model, stack, checkpoint, dtype
+        self.output = output
+        prefix = stack.path + "."
+        self.outer_names = sorted(n for n in checkpoint.weight_map if not n.startswith(prefix))
+        self.shards = len(stack) + len(self.outer_names)
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+
+    def _set(self, name: str, value: torch.Tensor | None) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        if value is None:
+            set_module_tensor_to_device(self.model, name, "meta")
+        else:
+            dtype = self.dtype if value.is_floating_point() else None
+            set_module_tensor_to_device(self.model, name, "cpu", value=value, dtype=dtype)
+
+    def _load_module(self, module: nn.Module, prefix: str) -> list[str]:
+        names = []
+        for sub_name, sub in module.named_modules():
+            for name, _ in list(_tensors(sub)):
+                full = ".".join(p for p in (prefix, sub_name, name) if p)
+                if full in self.checkpoint or name in sub._parameters:
+                    self._set(full, self.checkpoint.get(full))
+                    names.append(full)
+        return names
+
+    @contextmanager
+    def outer(self) -> Iterator[None]:
+        """Load the modules that run before the blocks when first called; release them afterwards."""
+        loaded: list[str] = []
+        blocks = {id(b) for b in self.stack.blocks}
+        inside = {id(m) for b in self.stack.blocks for m in b.modules()}
+        handles = []
+        for name, module in self.model.named_modules():
+            if id(module) in inside or id(module) in blocks:
+                continue
+            if any(t.is_meta for _, t in _tensors(module)):
+                def hook(mod, args, name=name):
+                    for tensor_name, tensor in list(_tensors(mod)):
+                        full = f"{name}.{tensor_name}" if name else tensor_name
+                        if tensor.is_meta:
+                            self._set(full, self.checkpoint.get(full))
+                            loaded.append(full)
+                handles.append(module.register_forward_pre_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for full in loaded:
+                self._set(full, None)
+            return_freed_memory()
+
+    def load(self, index: int) -> None:
+        self._load_module(self.stack.blocks[index], f"{self.stack.path}.{index}")
+
+    def release(self, index: int, save: bool) -> None:
+        block, prefix = self.stack.blocks[index], f"{self.stack.path}.{index}"
+        if save and self.output is not None:
+            tensors = {f"{prefix}.{n}": t.detach().contiguous() for n, t in block.state_dict().items()}
+            self._write(index, tensors)
+        for sub_name, sub in block.named_modules():
+            for name, _ in list(sub.named_parameters(recurse=False)):
+                self._set(".".join(p for p in (prefix, sub_name, name) if p), None)
+        return_freed_memory()
+
+    def _write(self, index: int, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        file = f"model-{index + 1:05d}-of-{self.shards:05d}.safetensors"
+        save_file(tensors, self.output / file, metadata={"format": "pt"})
+        for name, tensor in tensors.items():
+            self.weight_map[name] = file
+            self.total_size += tensor.numel() * tensor.element_size()
+
+    def finish(self) -> None:
+        """Copy the tensors outside the blocks (cast to the compute dtype), then the index, config and tokenizer."""
+        assert self.output is not None
+        for k, name in enumerate(self.outer_names):
+            tensor = self.checkpoint.get(name)
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.dtype)
+            self._write(len(self.stack) + k, {name: tensor.contiguous()})
+            del tensor
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.output / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        self.model.config.save_pretrained(self.output)
+        for name in _COPIED:
+            source = self.checkpoint.folder / name
+            if source.is_file():
+                shutil.copy2(source, self.output / name)
+
+
+def prune_from_disk(
+    folder: str | Path,
+    output: str | Path,
+    config=None,
+    dtype: str = "float32",
+    *,
+    tokenizer=None,
+    calibration_ids: torch.Tensor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    activations: str = "auto",
+    spill_dir: str | Path | None = None,
+) -> dict:
+    """Prune the safetensors model in `folder` block by block into `output` without ever loading it whole.
+
+    The output is a sharded Hugging Face folder (one shard per block) with prune_report.json; written
+    atomically by rank 0 when several processes take part. Returns the report.
+    """
+    from contextlib import nullcontext
+
+    from . import distributed
+    from .blocks import find_blocks
+    from .engine import prune
+    from .models import DTYPES
+    from .save import REPORT, RECIPE, atomic_folder
+    from .report import write_json
+
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    checkpoint = Checkpoint(folder)
+    model, own_tokenizer = skeleton(folder, DTYPES[dtype])
+    tokenizer = tokenizer or own_tokenizer
+    stack = find_blocks(model)
+    writer = atomic_folder(output, overwrite) if distributed.is_main() else nullcontext(None)
+    with writer as staging:
+        residency = DiskResidency(model, stack, checkpoint, DTYPES[dtype], staging)
+        report = prune(model, tokenizer, config, calibration_ids=calibration_ids, progress=progress,
+                       residency=residency, activations=activations,
+                       spill_dir=str(spill_dir) if spill_dir else None)
+        report = {"model": str(folder), "dtype": dtype, **report, "offload": "disk"}
+        if staging is not None:
+            import yaml
+
+            residency.finish()
+            (staging / RECIPE).write_text(yaml.safe_dump(report.get("config", {}), sort_keys=False))
+            write_json(staging / REPORT, report)
+    distributed.barrier()
+    return report
