@@ -12,6 +12,30 @@ RESULTS = Path(__file__).parent / "results"
 TARGETS = ["0.5", "0.7", "2:4"]
 
 
+def scale_table() -> None:
+    rows = _jsonl("scale_smollm2.jsonl")
+    one = {r["solver"]: r for r in rows if r["mode"] == "1 process"}
+    print("| solver | run | prune_s | speedup over 1 process | peak RSS MB (rank 0) | masks differing from 1 process |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        base = one.get(r["solver"])
+        speed = f"{base['prune_s'] / r['prune_s']:.2f}×" if base else "–"
+        print(f"| {r['solver']} | {r['mode']} | {r['prune_s']:.1f} | {speed} | {r['peak_rss_mb']:.0f} | "
+              f"{r['mask_differs']} of {r['mask_total']} ({r['mask_differs'] / r['mask_total']:.4%}) |")
+
+
+def memory_plan_table() -> None:
+    path = RESULTS / "memory_plan_llama70b.json"
+    if not path.exists():
+        return
+    plan = json.loads(path.read_text())
+    print("| GiB per process | " + " | ".join(plan["columns"]) + " |")
+    print("|---|" + "---|" * len(plan["columns"]))
+    for term, values in zip(plan["terms"], plan["gib"]):
+        label = f"**{term}**" if term == "peak" else term
+        print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+
+
 def _jsonl(name: str) -> list[dict]:
     path = RESULTS / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -189,7 +213,7 @@ def zeroshot_table() -> None:
 
 if __name__ == "__main__":
     for table in (solver_table, reference_table, reference_numerics_table, speed_table, mrp_table, allocation_table,
-                  owl_reference_table, profile_cost_table, sparse_tables,
+                  owl_reference_table, profile_cost_table, sparse_tables, scale_table, memory_plan_table,
                   zeroshot_table):
         table()
         print()

@@ -9,16 +9,18 @@ from pathlib import Path
 from .errors import UsageError
 
 
-def _matrix(report: dict) -> tuple[list[str], list[list[float]]]:
+def allocation_matrix(report: dict) -> tuple[list[str], list[list[float]]]:
+    """Components and the block × component sparsity matrix of a report (layers as dicts or [name, sparsity])."""
     path = report["blocks"]["path"]
     components: list[str] = []
     cells: dict[tuple[int, str], float] = {}
     for row in report["layers"]:
-        rest = row["name"].removeprefix(path + ".")
+        name, sparsity = (row["name"], row["sparsity"]) if isinstance(row, dict) else row
+        rest = name.removeprefix(path + ".")
         block, _, comp = rest.partition(".")
         if comp not in components:
             components.append(comp)
-        cells[(int(block), comp)] = row["sparsity"]
+        cells[(int(block), comp)] = sparsity
     blocks = report["blocks"]["count"]
     return components, [[cells.get((b, c), float("nan")) for c in components] for b in range(blocks)]
 
@@ -39,7 +41,7 @@ def plot_allocation(folder: str | Path, out: str | Path | None = None) -> list[P
     report = json.loads(report_path.read_text())
     out = Path(out) if out else folder
     out.mkdir(parents=True, exist_ok=True)
-    components, matrix = _matrix(report)
+    components, matrix = allocation_matrix(report)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(components), 1.5 + 0.22 * len(matrix)))
     image = ax.imshow(matrix, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(components)), components, rotation=45, ha="right")
