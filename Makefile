@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test install dev clean
+.PHONY: demo test install dev clean results results-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: install
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: dev
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The results page (docs/results.md): the smoke grid in minutes, or the whole grid (hours; resumable).
+results-quick: dev
+	$(BIN)/python bench/grid.py --quick
+
+results: dev
+	$(BIN)/python bench/grid.py
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -13,15 +13,16 @@ TARGETS = ["0.5", "0.7", "2:4"]
 
 
 def scale_table() -> None:
-    rows = _jsonl("scale_smollm2.jsonl")
-    one = {r["solver"]: r for r in rows if r["mode"] == "1 process"}
-    print("| solver | run | prune_s | speedup over 1 process | peak RSS MB (rank 0) | masks differing from 1 process |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        base = one.get(r["solver"])
+    latest = {(r["solver"], r["mode"]): r for r in _jsonl("scale_smollm2.jsonl")}  # the last run of each
+    print("| solver | run | prune_s | speedup over 1 process | peak RSS MB (rank 0) | masks differing from 1 process "
+          "| ppl (1024, 64 windows) |")
+    print("|---|---|---|---|---|---|---|")
+    for (solver, mode), r in latest.items():
+        base = latest.get((solver, "1 process"))
         speed = f"{base['prune_s'] / r['prune_s']:.2f}×" if base else "–"
-        print(f"| {r['solver']} | {r['mode']} | {r['prune_s']:.1f} | {speed} | {r['peak_rss_mb']:.0f} | "
-              f"{r['mask_differs']} of {r['mask_total']} ({r['mask_differs'] / r['mask_total']:.4%}) |")
+        ppl = f"{r['ppl']:.2f}" if r.get("ppl") else "–"
+        print(f"| {solver} | {mode} | {r['prune_s']:.1f} | {speed} | {r['peak_rss_mb']:.0f} | "
+              f"{r['mask_differs']} of {r['mask_total']} ({r['mask_differs'] / r['mask_total']:.2%}) | {ppl} |")
 
 
 def memory_plan_table() -> None:

@@ -1,0 +1,218 @@
+"""The results grid on SmolLM2-135M, resumable: one `prunellm` process per cell, one JSON line per run.
+
+    python bench/grid.py --quick     # minutes: tiny calibration and evaluation ("smoke" setting)
+    python bench/grid.py             # everything: the quick-setting grid, then the headline rows (hours)
+
+Settings (each row records its own, with the command, versions, machine, timings and peak memory):
+- smoke: 8 × 256 calibration tokens, perplexity at 256 on 16 windows; every solver at 50%, 70% and 2:4,
+  and every allocation with Wanda at 70% (15 runs): checks the whole pipeline, not a result.
+- quick: 32 × 1024 calibration tokens, WikiText-2 perplexity at 1024 on the first 64 windows (the README's
+  quick setting) for solver × allocation × target.
+- headline: the same calibration, perplexity at 2048 over the whole test set, seeds 0, 1, 2, and zero-shot
+  accuracy (`--eval-limit 100`) for seed 0.
+A cell already in the results file (same setting, solver, allocation, target, seed) is skipped, so an
+interrupted run resumes. `bench/results_page.py` turns the file into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "grid_smollm2.jsonl"
+SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
+ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
+TARGETS = ["0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
+TASKS = "piqa,hellaswag,arc_easy,arc_challenge,boolq,winogrande,openbookqa"
+SETTINGS = {
+    "smoke": {"nsamples": 8, "seqlen": 256, "eval_seqlen": 256, "eval_windows": 16},
+    "quick": {"nsamples": 32, "seqlen": 1024, "eval_seqlen": 1024, "eval_windows": 64},
+    "headline": {"nsamples": 32, "seqlen": 1024, "eval_seqlen": 2048, "eval_windows": None},
+}
+HEADLINE = [(s, "uniform", t) for s in ("wanda", "sparsegpt", "mrp") for t in ("0.5", "2:4")]
+
+
+def cells(setting: str) -> list[tuple[str, str, str, int]]:
+    """(solver, allocation, target, seed) of every run a setting asks for, cheapest first."""
+    if setting == "smoke":
+        grid = ([(s, "uniform", t) for s in SOLVERS for t in ("0.5", "0.7", "2:4")]
+                + [("wanda", a, "0.7") for a in ALLOCATIONS if a != "uniform"])
+        return [(*c, 0) for c in grid]
+    if setting == "quick":
+        order = {"magnitude": 0, "wanda": 1, "sparsegpt": 2, "mrp": 3}
+        grid = sorted(itertools.product(SOLVERS, ALLOCATIONS, TARGETS), key=lambda c: (order[c[0]], c[2], c[1]))
+        return [(*c, 0) for c in grid]
+    return [(*c, seed) for c in HEADLINE for seed in (0, 1, 2)]
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+                           text=True).stdout.strip()
+    return {"prunellm_commit": commit + ("-dirty" if dirty else ""), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _target_flags(target: str) -> list[str]:
+    return ["--pattern", target] if ":" in target else ["--sparsity", target]
+
+
+def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int, workdir: Path) -> dict:
+    s = SETTINGS[setting]
+    out = workdir / "model"
+    cmd = ["prunellm", "prune", "smollm2-135m", "--solver", solver, *_target_flags(target),
+           "--allocation", allocation, "--calib", "wikitext2", "--nsamples", str(s["nsamples"]),
+           "--seqlen", str(s["seqlen"]), "--seed", str(seed), "--eval-ppl", "wikitext2",
+           "--eval-seqlen", str(s["eval_seqlen"]),
+           *(["--eval-max-windows", str(s["eval_windows"])] if s["eval_windows"] else []),
+           *(["--eval-tasks", TASKS, "--eval-limit", "100"] if setting == "headline" and seed == 0 else []),
+           "--output", str(out), "--overwrite"]
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
+    wall = time.perf_counter() - t0
+    report = json.loads((out / "prune_report.json").read_text())
+    t = report["timings"]
+    row = {
+        "setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation, "target": target,
+        "seed": seed, "command": " ".join(cmd), "ppl": report["perplexity"]["wikitext2"],
+        "eval": report["eval"], "sparsity": report["sparsity"], "calib_forward_s": t["calib_forward_s"],
+        "prune_s": t["prune_s"], "prune_over_forward": round(t["prune_s"] / t["calib_forward_s"], 3)
+        if t["calib_forward_s"] else None, "peak_rss_mb": report["peak_rss_mb"], "wall_s": round(wall, 1),
+        "blocks": report["blocks"], "layers": [[r["name"], round(r["sparsity"], 5)] for r in report["layers"]],
+    }
+    if "allocation" in report:
+        row["profile_s"] = report["allocation"]["profile_s"]
+        row["allocation_statistic"] = {"name": report["allocation"]["statistic"],
+                                       "per_block": report["allocation"]["per_block"]}
+    if "zeroshot" in report:
+        row["zeroshot"] = {"mean_acc": report["zeroshot"]["mean_acc"], "limit": 100,
+                           "tasks": {k: v.get("acc") for k, v in report["zeroshot"]["tasks"].items()}}
+    return row
+
+
+def run_dense(setting: str, workdir: Path) -> dict:
+    s = SETTINGS[setting]
+    out = workdir / "dense.json"
+    cmd = ["prunellm", "eval", "smollm2-135m", "--ppl", "wikitext2", "--seqlen", str(s["eval_seqlen"]),
+           *(["--max-windows", str(s["eval_windows"])] if s["eval_windows"] else []),
+           *(["--tasks", TASKS, "--limit", "100"] if setting == "headline" else []), "--json", str(out)]
+    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
+    result = json.loads(out.read_text())
+    row = {"setting": setting, "model": "smollm2-135m", "solver": "dense", "allocation": "-", "target": "0",
+           "seed": 0, "command": " ".join(cmd), "ppl": result["perplexity"]["wikitext2"], "sparsity": 0.0}
+    if "zeroshot" in result:
+        row["zeroshot"] = {"mean_acc": result["zeroshot"]["mean_acc"], "limit": 100,
+                           "tasks": {k: v.get("acc") for k, v in result["zeroshot"]["tasks"].items()}}
+    return row
+
+
+LEGACY = ["quick_smollm2.jsonl", "mrp_smollm2.jsonl", "allocation_smollm2.jsonl"]
+QUICK_FLAGS = "--calib wikitext2 --nsamples 32 --seqlen 1024 --seed 0 --eval-ppl wikitext2 --eval-seqlen 1024 " \
+              "--eval-max-windows 64"
+
+
+def import_legacy(out: Path) -> int:
+    """Copy earlier quick-setting runs (solver_table.py / mrp_table.py, default options) into the grid file.
+
+    Each imported row keeps its source file and line; rows without the exact quick-setting command or with
+    extra options are left out. Returns the number imported."""
+    have = done_keys(out)
+    added = 0
+    for name in LEGACY:
+        path = ROOT / "bench" / "results" / name
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            r = json.loads(line)
+            allocation = r.get("allocation", "uniform")
+            command = r.get("command", "")
+            if r.get("extra") or (command and QUICK_FLAGS not in command) or r.get("ppl") is None:
+                continue
+            key = ("quick", r["solver"], allocation, r["target"], 0)
+            if key in have:
+                continue
+            row = {"setting": "quick", "model": r["model"], "solver": r["solver"], "allocation": allocation,
+                   "target": r["target"], "seed": 0, "command": command or "bench/mrp_table.py (quick setting)",
+                   "ppl": r["ppl"], "sparsity": r["sparsity"], "calib_forward_s": r["calib_forward_s"],
+                   "prune_s": r["prune_s"], "prune_over_forward": round(r["prune_s"] / r["calib_forward_s"], 3)
+                   if r["calib_forward_s"] else None, "peak_rss_mb": r["peak_rss_mb"], "source": f"bench/results/{name}:{number}",
+                   **({"profile_s": r["profile_s"]} if "profile_s" in r else {})}
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            have.add(key)
+            added += 1
+    return added
+
+
+def done_keys(path: Path) -> set[tuple]:
+    if not path.exists():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["setting"], r["solver"], r["allocation"], r["target"], r["seed"]) for r in rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the smoke setting only (minutes)")
+    p.add_argument("--settings", help="comma-separated settings to run (default: quick,headline; smoke with --quick)")
+    p.add_argument("--out", default=str(RESULTS), help="JSON lines results file (appended, resumable)")
+    p.add_argument("--max-cells", type=int, help="stop after this many new runs")
+    p.add_argument("--no-page", action="store_true", help="do not rebuild docs/results.md at the end")
+    p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel workers)")
+    p.add_argument("--import-legacy", action="store_true",
+                   help="first copy earlier quick-setting runs from bench/results into the grid file")
+    a = p.parse_args()
+    shard, shards = (int(x) for x in a.shard.split("/"))
+    settings = a.settings.split(",") if a.settings else (["smoke"] if a.quick else ["quick", "headline"])
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {"machine": machine(), "versions": versions()}
+    if a.import_legacy:
+        print(f"[grid] imported {import_legacy(out)} earlier runs")
+    ran = 0
+    for setting in settings:
+        todo = [("dense", "-", "0", 0)] + cells(setting)
+        for index, (solver, allocation, target, seed) in enumerate(todo):
+            if index % shards != shard or (setting, solver, allocation, target, seed) in done_keys(out):
+                continue
+            if a.max_cells is not None and ran >= a.max_cells:
+                break
+            print(f"[grid] {setting}: {solver} {allocation} {target} seed {seed}", flush=True)
+            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    row = (run_dense(setting, Path(tmp)) if solver == "dense"
+                           else run_cell(setting, solver, allocation, target, seed, Path(tmp)))
+                except subprocess.CalledProcessError as exc:
+                    row = {"setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation,
+                           "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
+            row.update(started=started, **env)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            ran += 1
+    if not a.no_page:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "results_page.py"), "--results", str(out)], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Write docs/results.md and its plots from the grid's JSON lines (and the speed/size results).
+
+    python bench/results_page.py                      # reads bench/results/grid_smollm2.jsonl
+
+Every number on the page is a field of a row in bench/results/; cells not run yet show "–", runs that
+failed show "error".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
+ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
+TARGETS = ["0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _latest(rows: list[dict]) -> dict[tuple, dict]:
+    """The last row per (setting, solver, allocation, target, seed)."""
+    return {(r["setting"], r["solver"], r["allocation"], r["target"], r["seed"]): r for r in rows}
+
+
+def _cell(row: dict | None, field: str = "ppl", fmt: str = "{:.2f}") -> str:
+    if row is None:
+        return "–"
+    if "error" in row:
+        return "error"
+    value = row.get(field)
+    return "–" if value is None else fmt.format(value)
+
+
+def grid_tables(rows: dict[tuple, dict], setting: str) -> list[str]:
+    lines = []
+    dense = rows.get((setting, "dense", "-", "0", 0))
+    if dense:
+        lines.append(f"Dense: {_cell(dense)} (`{dense['command']}`).\n")
+    lines.append("| solver | allocation | " + " | ".join(TARGETS) + " | prune_s / dense calibration forward | "
+                 "peak RSS MB |")
+    lines.append("|---|---|" + "---|" * (len(TARGETS) + 2))
+    for solver in SOLVERS:
+        for allocation in ALLOCATIONS:
+            cells = [rows.get((setting, solver, allocation, t, 0)) for t in TARGETS]
+            ran = [c for c in cells if c and "error" not in c]
+            ratio = (f"{min(c['prune_over_forward'] for c in ran):.2f}–{max(c['prune_over_forward'] for c in ran):.2f}"
+                     if ran and all(c.get("prune_over_forward") for c in ran) else "–")
+            peak = f"{max(c['peak_rss_mb'] for c in ran):.0f}" if ran else "–"
+            lines.append(f"| {solver} | {allocation} | " + " | ".join(_cell(c) for c in cells) + f" | {ratio} | {peak} |")
+    return lines
+
+
+def headline_table(rows: dict[tuple, dict]) -> list[str]:
+    lines = ["| solver | target | seeds | WikiText-2 ppl (2048, full test) mean ± std | zero-shot mean acc "
+             "(seed 0, 7 tasks, limit 100) | prune_s / dense forward | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    dense = rows.get(("headline", "dense", "-", "0", 0))
+    if dense:
+        acc = dense.get("zeroshot", {}).get("mean_acc")
+        lines.append(f"| dense | – | – | {_cell(dense)} | {'–' if acc is None else f'{acc:.3f}'} | – | – |")
+    keys = sorted({(k[1], k[3]) for k in rows if k[0] == "headline" and k[1] != "dense"})
+    for solver, target in keys:
+        runs = [rows[k] for k in rows if k[0] == "headline" and k[1] == solver and k[3] == target
+                and "error" not in rows[k]]
+        if not runs:
+            continue
+        ppls = [r["ppl"] for r in runs]
+        spread = f"{statistics.mean(ppls):.2f} ± {statistics.stdev(ppls):.2f}" if len(ppls) > 1 else f"{ppls[0]:.2f}"
+        zero = next((r["zeroshot"]["mean_acc"] for r in runs if "zeroshot" in r), None)
+        ratio = statistics.mean(r["prune_over_forward"] for r in runs)
+        lines.append(f"| {solver} | {target} | {len(runs)} | {spread} | {'–' if zero is None else f'{zero:.3f}'} | "
+                     f"{ratio:.2f} | {max(r['peak_rss_mb'] for r in runs):.0f} |")
+    return lines
+
+
+def speed_lines() -> list[str]:
+    rows = _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")
+    if not rows:
+        return []
+    lines = ["| target | decode speedup | prefill speedup | compressed size float16 / dense float32 | same greedy tokens |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        size = r["sizes"]["compressed_float16"] / r["sizes"]["dense_float32"]
+        lines.append(f"| {r['target']} | {r['decode_speedup']:.2f}× | {r['prefill_speedup']:.2f}× | {size:.1%} | "
+                     f"{r['same_tokens']} |")
+    return lines
+
+
+def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prunellm.plot import allocation_matrix
+
+    made = []
+    numeric = [t for t in TARGETS if ":" not in t]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for solver in SOLVERS:
+        for allocation in ALLOCATIONS:
+            pts = [(float(t), rows[(setting, solver, allocation, t, 0)]["ppl"]) for t in numeric
+                   if "ppl" in rows.get((setting, solver, allocation, t, 0), {})]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), marker="o", label=f"{solver} {allocation}",
+                        linestyle="-" if allocation == "uniform" else "--")
+    if ax.lines:
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"WikiText-2 perplexity ({setting} setting)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / f"ppl_vs_sparsity_{setting}.png", dpi=110)
+        made.append(f"ppl_vs_sparsity_{setting}.png")
+    plt.close(fig)
+    for allocation in ("owl", "als", "alpha"):
+        row = next((rows[k] for k in sorted(rows) if k[0] == setting and k[2] == allocation and k[3] == "0.7"
+                    and "layers" in rows[k]), None)
+        if row is None:
+            continue
+        components, matrix = allocation_matrix(row)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(components), 1.5 + 0.22 * len(matrix)))
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(components)), components, rotation=45, ha="right")
+        ax.set_ylabel("block")
+        ax.set_title(f"{allocation} + {row['solver']} at 70%: sparsity per layer")
+        fig.colorbar(image, ax=ax, label="sparsity")
+        fig.tight_layout()
+        fig.savefig(out / f"heatmap_{allocation}_{setting}.png", dpi=110)
+        plt.close(fig)
+        made.append(f"heatmap_{allocation}_{setting}.png")
+    speed = _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")
+    numeric_speed = [r for r in speed if ":" not in r["target"]]
+    if numeric_speed:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [r["sparsity"] for r in numeric_speed]
+        ax.plot(xs, [r["decode_speedup"] for r in numeric_speed], marker="o", label="decode (1 token)")
+        ax.plot(xs, [r["prefill_speedup"] for r in numeric_speed], marker="s", label="prefill (128 tokens)")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("speed vs dense (×)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "speedup_vs_sparsity.png", dpi=110)
+        plt.close(fig)
+        made.append("speedup_vs_sparsity.png")
+    return made
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "bench" / "results" / "grid_smollm2.jsonl"))
+    p.add_argument("--docs", default=str(ROOT / "docs"))
+    a = p.parse_args()
+    raw = _rows(Path(a.results))
+    rows = _latest(raw)
+    docs = Path(a.docs)
+    (docs / "img").mkdir(parents=True, exist_ok=True)
+    settings = [s for s in ("headline", "quick", "smoke") if any(k[0] == s for k in rows)]
+    envs = {json.dumps({"machine": r.get("machine"), "versions": r.get("versions")}, sort_keys=True) for r in raw
+            if "machine" in r}
+    results = Path(a.results).resolve()
+    shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
+    md = ["# Results on SmolLM2-135M", "",
+          f"Generated by `python bench/results_page.py` from `{shown}` "
+          f"({len(raw)} runs) and `bench/results/sparse_speed_smollm2.jsonl`; runs are made by "
+          "`python bench/grid.py` (see its docstring for the settings). Cells marked – have not been run yet.", ""]
+    for env in sorted(envs):
+        e = json.loads(env)
+        md.append(f"- machine: {e['machine']['cpu']} ({e['machine']['cores']} cores); versions: "
+                  + ", ".join(f"{k} {v}" for k, v in e["versions"].items()))
+    md.append("")
+    if "headline" in settings:
+        md += ["## Headline rows", "", *headline_table(rows), ""]
+    for setting in ("quick", "smoke"):
+        if setting in settings:
+            md += [f"## Grid, {setting} setting (WikiText-2 perplexity)", "", *grid_tables(rows, setting), ""]
+            for name in plots(rows, setting, docs / "img"):
+                md.append(f"![{name}](img/{name})")
+            md.append("")
+    speed = speed_lines()
+    if speed:
+        md += ["## Sparse model: size and speed", "",
+               "Magnitude-pruned models of each sparsity (speed depends on the sparsity, not on the method), "
+               "`python bench/sparse_speed.py`, 2 threads:", "", *speed, ""]
+    findings = docs / "findings.md"
+    if findings.exists():
+        md += [findings.read_text().strip(), ""]
+    (docs / "results.md").write_text("\n".join(md))
+    print(f"wrote {docs / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
