@@ -179,6 +179,8 @@ def main() -> None:
     p.add_argument("--max-cells", type=int, help="stop after this many new runs")
     p.add_argument("--no-page", action="store_true", help="do not rebuild docs/results.md at the end")
     p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel workers)")
+    p.add_argument("--solvers", help="only these solvers (comma-separated)")
+    p.add_argument("--targets", help="only these targets (comma-separated, e.g. 0.5,0.6,2:4)")
     p.add_argument("--import-legacy", action="store_true",
                    help="first copy earlier quick-setting runs from bench/results into the grid file")
     a = p.parse_args()
@@ -194,6 +196,9 @@ def main() -> None:
         todo = [("dense", "-", "0", 0)] + cells(setting)
         for index, (solver, allocation, target, seed) in enumerate(todo):
             if index % shards != shard or (setting, solver, allocation, target, seed) in done_keys(out):
+                continue
+            if solver != "dense" and ((a.solvers and solver not in a.solvers.split(","))
+                                      or (a.targets and target not in a.targets.split(","))):
                 continue
             if a.max_cells is not None and ran >= a.max_cells:
                 break

@@ -29,13 +29,7 @@ def reset_peak_rss() -> bool:
 
 
 def _status_mb(field: str) -> float:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _field_mb(_STATUS, field)
 
 
 def available_mb() -> float:
@@ -55,8 +49,13 @@ def available_mb() -> float:
 
 
 def _meminfo_mb(field: str) -> float:
+    return _field_mb(Path("/proc/meminfo"), field)
+
+
+def _field_mb(path: Path, field: str) -> float:
+    """A `Name:  N kB` line of a /proc file, in MiB; 0 when missing."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in path.read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
