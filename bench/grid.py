@@ -58,7 +58,8 @@ def cells(setting: str) -> list[tuple[str, str, str, int]]:
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform()}
+    return {"cpu": model, "cores": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "platform": platform.platform()}
 
 
 def versions() -> dict:
