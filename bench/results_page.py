@@ -79,8 +79,13 @@ def headline_table(rows: dict[tuple, dict]) -> list[str]:
     return lines
 
 
+def _latest_speed() -> list[dict]:
+    """The last sparse_speed row of each target."""
+    return list({r["target"]: r for r in _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")}.values())
+
+
 def speed_lines() -> list[str]:
-    rows = _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")
+    rows = _latest_speed()
     if not rows:
         return []
     lines = ["| target | decode speedup | prefill speedup | compressed size float16 / dense float32 | same greedy tokens |",
@@ -135,7 +140,7 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         fig.savefig(out / f"heatmap_{allocation}_{setting}.png", dpi=110)
         plt.close(fig)
         made.append(f"heatmap_{allocation}_{setting}.png")
-    speed = _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")
+    speed = _latest_speed()
     numeric_speed = [r for r in speed if ":" not in r["target"]]
     if numeric_speed:
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def main() -> None:
     p.add_argument("--targets", default="0.5,0.7,0.8,0.9,2:4")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5, help="best of N timings")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     rows = []
@@ -73,11 +75,12 @@ def main() -> None:
                 sizes[f"pruned_weights_{dtype}"] = dict(zip(("stored", "dense"), pruned_weight_bytes(out)))
             bench_json = tmp / "bench.json"
             subprocess.run([sys.executable, "-m", "prunellm", "bench", str(tmp / f"compressed-float32-{target.replace(':', '-')}"),
-                            "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens),
+                            "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens), "--repeats", str(a.repeats),
                             "--json", str(bench_json)], check=True)
             speed = json.loads(bench_json.read_text())
             row = {"model": a.model, "target": target, "sparsity": report["sparsity"], "sizes": sizes,
-                   "machine": {"cpu": platform.processor() or platform.machine(), "threads": speed["threads"]},
+                   "machine": {"cpu": platform.processor() or platform.machine(), "threads": speed["threads"],
+                               "loadavg_1min_after": os.getloadavg()[0]},
                    **{k: speed[k] for k in ("decode_speedup", "prefill_speedup", "same_tokens", "kernel",
                                             "sparse_layers", "dense", "sparse", "memory_bytes", "prompt_tokens",
                                             "new_tokens")}}
