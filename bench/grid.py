@@ -11,7 +11,9 @@ Settings (each row records its own, with the command, versions, machine, timings
 - headline: the same calibration, perplexity at 2048 over the whole test set, seeds 0, 1, 2, and zero-shot
   accuracy (`--eval-limit 100`) for seed 0.
 A cell already in the results file (same setting, solver, allocation, target, seed) is skipped, so an
-interrupted run resumes. `bench/results_page.py` turns the file into docs/results.md.
+interrupted run resumes. `--solvers`, `--allocations`, `--targets` pick a part of the grid, `--seeds 1,2`
+reruns that part with other calibration seeds (the seed spread on the results page), and `--shard I/N`
+splits the cells over parallel workers. `bench/results_page.py` turns the file into docs/results.md.
 """
 
 from __future__ import annotations
@@ -182,6 +184,8 @@ def main() -> None:
     p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel workers)")
     p.add_argument("--solvers", help="only these solvers (comma-separated)")
     p.add_argument("--targets", help="only these targets (comma-separated, e.g. 0.5,0.6,2:4)")
+    p.add_argument("--allocations", help="only these allocations (comma-separated)")
+    p.add_argument("--seeds", help="run the setting's cells with these calibration seeds instead (e.g. 1,2)")
     p.add_argument("--import-legacy", action="store_true",
                    help="first copy earlier quick-setting runs from bench/results into the grid file")
     a = p.parse_args()
@@ -194,12 +198,16 @@ def main() -> None:
         print(f"[grid] imported {import_legacy(out)} earlier runs")
     ran = 0
     for setting in settings:
-        todo = [("dense", "-", "0", 0)] + cells(setting)
+        grid = cells(setting)
+        if a.seeds:
+            grid = list(dict.fromkeys((s, al, t, int(seed)) for s, al, t, _ in grid for seed in a.seeds.split(",")))
+        todo = [("dense", "-", "0", 0)] + grid
         for index, (solver, allocation, target, seed) in enumerate(todo):
             if index % shards != shard or (setting, solver, allocation, target, seed) in done_keys(out):
                 continue
             if solver != "dense" and ((a.solvers and solver not in a.solvers.split(","))
-                                      or (a.targets and target not in a.targets.split(","))):
+                                      or (a.targets and target not in a.targets.split(","))
+                                      or (a.allocations and allocation not in a.allocations.split(","))):
                 continue
             if a.max_cells is not None and ran >= a.max_cells:
                 break

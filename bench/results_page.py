@@ -41,7 +41,8 @@ def grid_tables(rows: dict[tuple, dict], setting: str) -> list[str]:
     lines = []
     dense = rows.get((setting, "dense", "-", "0", 0))
     if dense:
-        lines.append(f"Dense: {_cell(dense)} (`{dense['command']}`).\n")
+        command = dense["command"].split(" --json")[0]
+        lines.append(f"Dense: {_cell(dense)} (`{command}`).\n")
     lines.append("| solver | allocation | " + " | ".join(TARGETS) + " | prune_s / dense calibration forward | "
                  "peak RSS MB |")
     lines.append("|---|---|" + "---|" * (len(TARGETS) + 2))
@@ -77,6 +78,26 @@ def headline_table(rows: dict[tuple, dict]) -> list[str]:
         lines.append(f"| {solver} | {target} | {len(runs)} | {spread} | {'–' if zero is None else f'{zero:.3f}'} | "
                      f"{ratio:.2f} | {max(r['peak_rss_mb'] for r in runs):.0f} |")
     return lines
+
+
+def seed_spread_table(rows: dict[tuple, dict], setting: str) -> list[str]:
+    """Mean ± std over calibration seeds of every cell run with more than one seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for (s, solver, allocation, target, _), r in sorted(rows.items()):
+        if s == setting and solver != "dense" and "error" not in r:
+            groups.setdefault((solver, allocation, target), []).append(r)
+    lines = []
+    for (solver, allocation, target), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        ppls = [r["ppl"] for r in runs]
+        lines.append(f"| {solver} | {allocation} | {target} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{', '.join(f'{p:.2f}' for p in ppls)} | {statistics.mean(ppls):.2f} ± {statistics.stdev(ppls):.2f} "
+                     f"({statistics.stdev(ppls) / statistics.mean(ppls):.1%}) |")
+    if not lines:
+        return []
+    return ["| solver | allocation | target | seeds | perplexity per seed | mean ± std (relative) |",
+            "|---|---|---|---|---|---|", *lines]
 
 
 def _latest_speed() -> list[dict]:
@@ -140,8 +161,16 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         fig.savefig(out / f"heatmap_{allocation}_{setting}.png", dpi=110)
         plt.close(fig)
         made.append(f"heatmap_{allocation}_{setting}.png")
-    speed = _latest_speed()
-    numeric_speed = [r for r in speed if ":" not in r["target"]]
+    return made
+
+
+def speed_plot(out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric_speed = [r for r in _latest_speed() if ":" not in r["target"]]
     if numeric_speed:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [r["sparsity"] for r in numeric_speed]
@@ -154,8 +183,8 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / "speedup_vs_sparsity.png", dpi=110)
         plt.close(fig)
-        made.append("speedup_vs_sparsity.png")
-    return made
+        return "speedup_vs_sparsity.png"
+    return None
 
 
 def main() -> None:
@@ -178,14 +207,23 @@ def main() -> None:
           "`python bench/grid.py` (see its docstring for the settings). Cells marked – have not been run yet.", ""]
     for env in sorted(envs):
         e = json.loads(env)
-        md.append(f"- machine: {e['machine']['cpu']} ({e['machine']['cores']} cores); versions: "
+        md.append(f"- machine: {e['machine']['cpu']} ({e['machine']['cores']} cores, threads per run: "
+                  f"{e['machine'].get('threads', 'default')}); versions: "
                   + ", ".join(f"{k} {v}" for k, v in e["versions"].items()))
+    imported = [r for r in raw if "source" in r]
+    if imported:
+        md.append(f"- {len(imported)} quick-setting runs were imported from earlier benchmark files (each row's "
+                  "`source` names the file and line; they were run at earlier commits with the default thread count)")
     md.append("")
     if "headline" in settings:
         md += ["## Headline rows", "", *headline_table(rows), ""]
     for setting in ("quick", "smoke"):
         if setting in settings:
-            md += [f"## Grid, {setting} setting (WikiText-2 perplexity)", "", *grid_tables(rows, setting), ""]
+            md += [f"## Grid, {setting} setting (WikiText-2 perplexity, seed 0)", "", *grid_tables(rows, setting), ""]
+            spread = seed_spread_table(rows, setting)
+            if spread:
+                md += [f"Calibration-seed spread ({setting} setting): a difference between two cells smaller than "
+                       "this spread is not a finding.", "", *spread, ""]
             for name in plots(rows, setting, docs / "img"):
                 md.append(f"![{name}](img/{name})")
             md.append("")
@@ -194,6 +232,9 @@ def main() -> None:
         md += ["## Sparse model: size and speed", "",
                "Magnitude-pruned models of each sparsity (speed depends on the sparsity, not on the method), "
                "`python bench/sparse_speed.py`, 2 threads:", "", *speed, ""]
+        name = speed_plot(docs / "img")
+        if name:
+            md += [f"![{name}](img/{name})", ""]
     findings = docs / "findings.md"
     if findings.exists():
         md += [findings.read_text().strip(), ""]
