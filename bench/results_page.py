@@ -50,8 +50,8 @@ def grid_tables(rows: dict[tuple, dict], setting: str) -> list[str]:
         for allocation in ALLOCATIONS:
             cells = [rows.get((setting, solver, allocation, t, 0)) for t in TARGETS]
             ran = [c for c in cells if c and "error" not in c]
-            ratio = (f"{min(c['prune_over_forward'] for c in ran):.2f}–{max(c['prune_over_forward'] for c in ran):.2f}"
-                     if ran and all(c.get("prune_over_forward") for c in ran) else "–")
+            timed = [c["prune_over_forward"] for c in ran if c.get("prune_over_forward")]
+            ratio = f"{min(timed):.2f}–{max(timed):.2f}" if timed else "–"
             peak = f"{max(c['peak_rss_mb'] for c in ran):.0f}" if ran else "–"
             lines.append(f"| {solver} | {allocation} | " + " | ".join(_cell(c) for c in cells) + f" | {ratio} | {peak} |")
     return lines
