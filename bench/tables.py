@@ -87,12 +87,15 @@ def allocation_table() -> None:
     for r in rows:
         if not r.get("extra"):
             cells[(r["solver"], r.get("allocation", "uniform"), r["target"])] = r
+    for r in _jsonl("grid_smollm2.jsonl"):  # the same quick setting, run by bench/grid.py
+        if r["setting"] == "quick" and r["seed"] == 0 and "ppl" in r and "source" not in r:
+            cells[(r["solver"], r["allocation"], r["target"])] = r
     print("| solver | allocation | " + " | ".join(ALLOC_TARGETS) + " | profile_s / calib_forward_s |")
     print("|---|---|" + "---|" * len(ALLOC_TARGETS) + "---|")
     for solver in ("wanda", "sparsegpt"):
         for alloc in ("uniform", "owl", "als", "alpha"):
             got = [cells.get((solver, alloc, t)) for t in ALLOC_TARGETS]
-            ratios = [r["profile_s"] / r["calib_forward_s"] for r in got if r and "profile_s" in r]
+            ratios = [r["profile_s"] / r["calib_forward_s"] for r in got if r and r.get("profile_s") and r.get("calib_forward_s")]
             cost = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "–"
             print(f"| {solver} | {alloc} | " + " | ".join(f"{r['ppl']:.2f}" if r else "–" for r in got) + f" | {cost} |")
     print()
