@@ -196,6 +196,8 @@ def main() -> None:
     env = {"machine": machine(), "versions": versions()}
     if a.import_legacy:
         print(f"[grid] imported {import_legacy(out)} earlier runs")
+    wanted = {name: set(value.split(",")) for name, value in
+              (("solver", a.solvers), ("allocation", a.allocations), ("target", a.targets)) if value}
     ran = 0
     for setting in settings:
         grid = cells(setting)
@@ -205,9 +207,8 @@ def main() -> None:
         for index, (solver, allocation, target, seed) in enumerate(todo):
             if index % shards != shard or (setting, solver, allocation, target, seed) in done_keys(out):
                 continue
-            if solver != "dense" and ((a.solvers and solver not in a.solvers.split(","))
-                                      or (a.targets and target not in a.targets.split(","))
-                                      or (a.allocations and allocation not in a.allocations.split(","))):
+            cell = {"solver": solver, "allocation": allocation, "target": target}
+            if solver != "dense" and any(cell[name] not in values for name, values in wanted.items()):
                 continue
             if a.max_cells is not None and ran >= a.max_cells:
                 break

@@ -13,6 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
+from tables import latest_speed_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
 ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
@@ -100,13 +102,8 @@ def seed_spread_table(rows: dict[tuple, dict], setting: str) -> list[str]:
             "|---|---|---|---|---|---|", *lines]
 
 
-def _latest_speed() -> list[dict]:
-    """The last sparse_speed row of each target."""
-    return list({r["target"]: r for r in _rows(ROOT / "bench" / "results" / "sparse_speed_smollm2.jsonl")}.values())
-
-
 def speed_lines() -> list[str]:
-    rows = _latest_speed()
+    rows = latest_speed_rows()
     if not rows:
         return []
     lines = ["| target | decode speedup | prefill speedup | compressed size float16 / dense float32 | same greedy tokens |",
@@ -155,7 +152,7 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         image = ax.imshow(matrix, aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(components)), components, rotation=45, ha="right")
         ax.set_ylabel("block")
-        ax.set_title(f"{allocation} + {row['solver']} at 70%: sparsity per layer")
+        ax.set_title(f"{allocation} + {row['solver']} at 70% (seed {row['seed']}): sparsity per layer")
         fig.colorbar(image, ax=ax, label="sparsity")
         fig.tight_layout()
         fig.savefig(out / f"heatmap_{allocation}_{setting}.png", dpi=110)
@@ -170,7 +167,7 @@ def speed_plot(out: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    numeric_speed = [r for r in _latest_speed() if ":" not in r["target"]]
+    numeric_speed = [r for r in latest_speed_rows() if ":" not in r["target"]]
     if numeric_speed:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [r["sparsity"] for r in numeric_speed]

@@ -167,8 +167,13 @@ def profile_cost_table() -> None:
         print(f"| {r['allocation']} | {r['profile_s']:.1f} | {r['dense_forward_s']:.1f} | {r['ratio']:.2f} |")
 
 
+def latest_speed_rows() -> list[dict]:
+    """The last sparse_speed run of each target (earlier runs stay in the file as history)."""
+    return list({r["target"]: r for r in _jsonl("sparse_speed_smollm2.jsonl")}.values())
+
+
 def sparse_tables() -> None:
-    rows = list({r["target"]: r for r in _jsonl("sparse_speed_smollm2.jsonl")}.values())  # the last run of each
+    rows = latest_speed_rows()
     if not rows:
         return
     mib = 2**20
