@@ -37,7 +37,7 @@ results-quick: dev
 	$(BIN)/python bench/grid.py --quick
 
 results: dev
-	$(BIN)/python bench/grid.py
+	$(BIN)/python bench/grid.py --jobs 2
 
 clean:
 	rm -rf $(VENV) $(OUT)

@@ -7,9 +7,12 @@ Settings (each row records its own, with the command, versions, machine, timings
 - smoke: 8 × 256 calibration tokens, perplexity at 256 on 16 windows; every solver at 50%, 70% and 2:4,
   and every allocation with Wanda at 70% (15 runs): checks the whole pipeline, not a result.
 - quick: 32 × 1024 calibration tokens, WikiText-2 perplexity at 1024 on the first 64 windows (the README's
-  quick setting) for solver × allocation × target.
-- headline: the same calibration, perplexity at 2048 over the whole test set, seeds 0, 1, 2, and zero-shot
-  accuracy (`--eval-limit 100`) for seed 0.
+  quick setting) for solver × allocation × target (ALS and AlphaPruning allocate unstructured ratios, so
+  not with 2:4 / 4:8).
+- headline: Wanda, SparseGPT and mrp at 50% (uniform) with the same calibration, perplexity at 2048 over
+  the whole test set for calibration seeds 0, 1, 2, and zero-shot accuracy on nine tasks (100 examples
+  each, `--eval-limit 100`) for seed 0. A headline cell is 15-30 minutes on two cores (148 windows of
+  2048 tokens), so the headline rows are the solvers at the papers' main setting, not the whole grid.
 A cell already in the results file (same setting, solver, allocation, target, seed) is skipped, so an
 interrupted run resumes. `--solvers`, `--allocations`, `--targets` pick a part of the grid, `--seeds 1,2`
 reruns that part with other calibration seeds (the seed spread on the results page), and `--shard I/N`
@@ -26,7 +29,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,13 +40,14 @@ RESULTS = ROOT / "bench" / "results" / "grid_smollm2.jsonl"
 SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
 ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
 TARGETS = ["0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
-TASKS = "piqa,hellaswag,arc_easy,arc_challenge,boolq,winogrande,openbookqa"
+TASKS = "piqa,hellaswag,arc_easy,arc_challenge,boolq,winogrande,openbookqa,rte,lambada"
 SETTINGS = {
     "smoke": {"nsamples": 8, "seqlen": 256, "eval_seqlen": 256, "eval_windows": 16},
     "quick": {"nsamples": 32, "seqlen": 1024, "eval_seqlen": 1024, "eval_windows": 64},
     "headline": {"nsamples": 32, "seqlen": 1024, "eval_seqlen": 2048, "eval_windows": None},
 }
-HEADLINE = [(s, "uniform", t) for s in ("wanda", "sparsegpt", "mrp") for t in ("0.5", "2:4")]
+HEADLINE = [(s, "uniform", "0.5") for s in ("wanda", "sparsegpt", "mrp")]
+UNSTRUCTURED_ONLY = {"als", "alpha"}  # they allocate per-layer ratios; an N:M pattern fixes every layer's ratio
 
 
 def cells(setting: str) -> list[tuple[str, str, str, int]]:
@@ -53,7 +59,7 @@ def cells(setting: str) -> list[tuple[str, str, str, int]]:
     if setting == "quick":
         order = {"magnitude": 0, "wanda": 1, "sparsegpt": 2, "mrp": 3}
         grid = sorted(itertools.product(SOLVERS, ALLOCATIONS, TARGETS), key=lambda c: (order[c[0]], c[2], c[1]))
-        return [(*c, 0) for c in grid]
+        return [(*c, 0) for c in grid if not (":" in c[2] and c[1] in UNSTRUCTURED_ONLY)]
     return [(*c, seed) for c in HEADLINE for seed in (0, 1, 2)]
 
 
@@ -80,7 +86,8 @@ def _target_flags(target: str) -> list[str]:
     return ["--pattern", target] if ":" in target else ["--sparsity", target]
 
 
-def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int, workdir: Path) -> dict:
+def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int, workdir: Path,
+             env: dict | None = None) -> dict:
     s = SETTINGS[setting]
     out = workdir / "model"
     cmd = ["prunellm", "prune", "smollm2-135m", "--solver", solver, *_target_flags(target),
@@ -91,7 +98,7 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
            *(["--eval-tasks", TASKS, "--eval-limit", "100"] if setting == "headline" and seed == 0 else []),
            "--output", str(out), "--overwrite"]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
+    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True, env=env)
     wall = time.perf_counter() - t0
     report = json.loads((out / "prune_report.json").read_text())
     t = report["timings"]
@@ -113,16 +120,18 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
     return row
 
 
-def run_dense(setting: str, workdir: Path) -> dict:
+def run_dense(setting: str, workdir: Path, env: dict | None = None) -> dict:
     s = SETTINGS[setting]
     out = workdir / "dense.json"
     cmd = ["prunellm", "eval", "smollm2-135m", "--ppl", "wikitext2", "--seqlen", str(s["eval_seqlen"]),
            *(["--max-windows", str(s["eval_windows"])] if s["eval_windows"] else []),
            *(["--tasks", TASKS, "--limit", "100"] if setting == "headline" else []), "--json", str(out)]
-    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True, env=env)
     result = json.loads(out.read_text())
     row = {"setting": setting, "model": "smollm2-135m", "solver": "dense", "allocation": "-", "target": "0",
-           "seed": 0, "command": " ".join(cmd), "ppl": result["perplexity"]["wikitext2"], "sparsity": 0.0}
+           "seed": 0, "command": " ".join(cmd), "ppl": result["perplexity"]["wikitext2"], "sparsity": 0.0,
+           "wall_s": round(time.perf_counter() - t0, 1)}
     if "zeroshot" in result:
         row["zeroshot"] = {"mean_acc": result["zeroshot"]["mean_acc"], "limit": 100,
                            "tasks": {k: v.get("acc") for k, v in result["zeroshot"]["tasks"].items()}}
@@ -181,8 +190,12 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS), help="JSON lines results file (appended, resumable)")
     p.add_argument("--max-cells", type=int, help="stop after this many new runs")
     p.add_argument("--no-page", action="store_true", help="do not rebuild docs/results.md at the end")
-    p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel workers)")
-    p.add_argument("--solvers", help="only these solvers (comma-separated)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells that would run, run nothing")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run this many cells at once, each with cores/jobs threads (two 1-thread jobs keep two cores "
+                        "busier than one 2-thread job through the serial parts)")
+    p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel machines)")
+    p.add_argument("--solvers", help="only these solvers (comma-separated; name dense to keep the dense row)")
     p.add_argument("--targets", help="only these targets (comma-separated, e.g. 0.5,0.6,2:4)")
     p.add_argument("--allocations", help="only these allocations (comma-separated)")
     p.add_argument("--seeds", help="run the setting's cells with these calibration seeds instead (e.g. 1,2)")
@@ -198,33 +211,45 @@ def main() -> None:
         print(f"[grid] imported {import_legacy(out)} earlier runs")
     wanted = {name: set(value.split(",")) for name, value in
               (("solver", a.solvers), ("allocation", a.allocations), ("target", a.targets)) if value}
-    ran = 0
+    done = done_keys(out)
+    todo = []
     for setting in settings:
         grid = cells(setting)
         if a.seeds:
             grid = list(dict.fromkeys((s, al, t, int(seed)) for s, al, t, _ in grid for seed in a.seeds.split(",")))
-        todo = [("dense", "-", "0", 0)] + grid
-        for index, (solver, allocation, target, seed) in enumerate(todo):
-            if index % shards != shard or (setting, solver, allocation, target, seed) in done_keys(out):
+        for solver, allocation, target, seed in [("dense", "-", "0", 0)] + grid:
+            cell = {"solver": solver} if solver == "dense" else {"solver": solver, "allocation": allocation,
+                                                                  "target": target}
+            if (setting, solver, allocation, target, seed) in done or any(
+                    name in cell and cell[name] not in values for name, values in wanted.items()):
                 continue
-            cell = {"solver": solver, "allocation": allocation, "target": target}
-            if solver != "dense" and any(cell[name] not in values for name, values in wanted.items()):
-                continue
-            if a.max_cells is not None and ran >= a.max_cells:
-                break
-            print(f"[grid] {setting}: {solver} {allocation} {target} seed {seed}", flush=True)
-            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    row = (run_dense(setting, Path(tmp)) if solver == "dense"
-                           else run_cell(setting, solver, allocation, target, seed, Path(tmp)))
-                except subprocess.CalledProcessError as exc:
-                    row = {"setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation,
-                           "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
-            row.update(started=started, **env)
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            ran += 1
+            todo.append((setting, solver, allocation, target, seed))
+    todo = todo[shard::shards][:a.max_cells]
+    if a.dry_run:
+        print("\n".join(" ".join(map(str, job)) for job in todo) or "nothing to run")
+        return
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // a.jobs))
+    lock = threading.Lock()
+
+    def run(job: tuple) -> None:
+        setting, solver, allocation, target, seed = job
+        print(f"[grid] {setting}: {solver} {allocation} {target} seed {seed}", flush=True)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        child = {**os.environ, "OMP_NUM_THREADS": threads}
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                row = (run_dense(setting, Path(tmp), child) if solver == "dense"
+                       else run_cell(setting, solver, allocation, target, seed, Path(tmp), child))
+            except subprocess.CalledProcessError as exc:
+                row = {"setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation,
+                       "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
+        row.update(started=started, versions=env["versions"],
+                   machine={**env["machine"], "threads": threads, "jobs": a.jobs})
+        with lock, out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        list(pool.map(run, todo))
     if not a.no_page:
         subprocess.run([sys.executable, str(ROOT / "bench" / "results_page.py"), "--results", str(out)], check=True)
 

@@ -3,7 +3,7 @@
     python bench/results_page.py                      # reads bench/results/grid_smollm2.jsonl
 
 Every number on the page is a field of a row in bench/results/; cells not run yet show "–", runs that
-failed show "error".
+failed show "error", and "n/a" marks allocations that only exist for unstructured targets.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
+from grid import UNSTRUCTURED_ONLY, cells
 from tables import latest_speed_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +51,13 @@ def grid_tables(rows: dict[tuple, dict], setting: str) -> list[str]:
     lines.append("|---|---|" + "---|" * (len(TARGETS) + 2))
     for solver in SOLVERS:
         for allocation in ALLOCATIONS:
-            cells = [rows.get((setting, solver, allocation, t, 0)) for t in TARGETS]
-            ran = [c for c in cells if c and "error" not in c]
+            found = [rows.get((setting, solver, allocation, t, 0)) for t in TARGETS]
+            ran = [c for c in found if c and "error" not in c]
             timed = [c["prune_over_forward"] for c in ran if c.get("prune_over_forward")]
             ratio = f"{min(timed):.2f}–{max(timed):.2f}" if timed else "–"
             peak = f"{max(c['peak_rss_mb'] for c in ran):.0f}" if ran else "–"
-            lines.append(f"| {solver} | {allocation} | " + " | ".join(_cell(c) for c in cells) + f" | {ratio} | {peak} |")
+            shown = ["n/a" if ":" in t and allocation in UNSTRUCTURED_ONLY else _cell(c) for t, c in zip(TARGETS, found)]
+            lines.append(f"| {solver} | {allocation} | " + " | ".join(shown) + f" | {ratio} | {peak} |")
     return lines
 
 
@@ -67,8 +69,7 @@ def headline_table(rows: dict[tuple, dict]) -> list[str]:
     if dense:
         acc = dense.get("zeroshot", {}).get("mean_acc")
         lines.append(f"| dense | – | – | {_cell(dense)} | {'–' if acc is None else f'{acc:.3f}'} | – | – |")
-    keys = sorted({(k[1], k[3]) for k in rows if k[0] == "headline" and k[1] != "dense"})
-    for solver, target in keys:
+    for solver, target in sorted({(k[1], k[3]) for k in rows if k[0] == "headline" and k[1] != "dense"}):
         runs = [rows[k] for k in rows if k[0] == "headline" and k[1] == solver and k[3] == target
                 and "error" not in rows[k]]
         if not runs:
@@ -77,9 +78,33 @@ def headline_table(rows: dict[tuple, dict]) -> list[str]:
         spread = f"{statistics.mean(ppls):.2f} ± {statistics.stdev(ppls):.2f}" if len(ppls) > 1 else f"{ppls[0]:.2f}"
         zero = next((r["zeroshot"]["mean_acc"] for r in runs if "zeroshot" in r), None)
         ratio = statistics.mean(r["prune_over_forward"] for r in runs)
-        lines.append(f"| {solver} | {target} | {len(runs)} | {spread} | {'–' if zero is None else f'{zero:.3f}'} | "
-                     f"{ratio:.2f} | {max(r['peak_rss_mb'] for r in runs):.0f} |")
+        lines.append(f"| {solver} | {target} | {', '.join(str(r['seed']) for r in runs)} | {spread} | "
+                     f"{'–' if zero is None else f'{zero:.3f}'} | {ratio:.2f} | "
+                     f"{max(r['peak_rss_mb'] for r in runs):.0f} |")
     return lines
+
+
+def zeroshot_table(rows: dict[tuple, dict]) -> list[str]:
+    """Per-task zero-shot accuracy of the headline rows that ran it (100 examples per task)."""
+    runs = [r for k, r in sorted(rows.items(), key=lambda kv: kv[0][1] != "dense")
+            if k[0] == "headline" and "zeroshot" in r]
+    tasks = list(dict.fromkeys(t for r in runs for t in r["zeroshot"]["tasks"]))
+    if not runs:
+        return []
+    lines = ["| model | " + " | ".join(tasks) + " | mean (7) |", "|---|" + "---|" * (len(tasks) + 1)]
+    for r in runs:
+        name = "dense" if r["solver"] == "dense" else f"{r['solver']} {r['target']}"
+        accs = [r["zeroshot"]["tasks"].get(t) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join("–" if a is None else f"{a:.2f}" for a in accs)
+                     + f" | {r['zeroshot']['mean_acc']:.3f} |")
+    return lines
+
+
+def coverage(rows: dict[tuple, dict], setting: str) -> str:
+    """How many of the setting's grid cells (seed 0) have a row, from bench/grid.py's own cell list."""
+    wanted = cells(setting)
+    have = sum(1 for c in wanted if (setting, *c) in rows and "error" not in rows[(setting, *c)])
+    return f"{have} of {len(wanted)} cells of the {setting} setting have run."
 
 
 def seed_spread_table(rows: dict[tuple, dict], setting: str) -> list[str]:
@@ -213,10 +238,16 @@ def main() -> None:
                   "`source` names the file and line; they were run at earlier commits with the default thread count)")
     md.append("")
     if "headline" in settings:
-        md += ["## Headline rows", "", *headline_table(rows), ""]
+        md += ["## Headline rows", "", coverage(rows, "headline") + " WikiText-2 perplexity at 2048 over the "
+               "whole test set, mean ± std over calibration seeds 0, 1, 2 (sample std); zero-shot accuracy on "
+               "100 examples per task (seed 0), mean over the seven tasks of the Wanda paper (BoolQ, RTE, "
+               "HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA; one task's standard error at 100 examples is "
+               "about 0.05, the seven-task mean's about 0.02).", "", *headline_table(rows), "",
+               *zeroshot_table(rows), ""]
     for setting in ("quick", "smoke"):
         if setting in settings:
-            md += [f"## Grid, {setting} setting (WikiText-2 perplexity, seed 0)", "", *grid_tables(rows, setting), ""]
+            md += [f"## Grid, {setting} setting (WikiText-2 perplexity, seed 0)", "", coverage(rows, setting), "",
+                   *grid_tables(rows, setting), ""]
             spread = seed_spread_table(rows, setting)
             if spread:
                 md += [f"Calibration-seed spread ({setting} setting): a difference between two cells smaller than "
