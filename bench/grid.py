@@ -114,6 +114,8 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
         row["profile_s"] = report["allocation"]["profile_s"]
         row["allocation_statistic"] = {"name": report["allocation"]["statistic"],
                                        "per_block": report["allocation"]["per_block"]}
+        row["allocation_info"] = {k: v for k, v in report["allocation"].items()
+                                  if k not in ("name", "statistic", "per_block", "profile_s")}
     if "zeroshot" in report:
         row["zeroshot"] = {"mean_acc": report["zeroshot"]["mean_acc"], "limit": 100,
                            "tasks": {k: v.get("acc") for k, v in report["zeroshot"]["tasks"].items()}}
@@ -206,7 +208,7 @@ def main() -> None:
     settings = a.settings.split(",") if a.settings else (["smoke"] if a.quick else ["quick", "headline"])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"machine": machine(), "versions": versions()}
+    env = {"machine": machine()}
     if a.import_legacy:
         print(f"[grid] imported {import_legacy(out)} earlier runs")
     wanted = {name: set(value.split(",")) for name, value in
@@ -235,6 +237,7 @@ def main() -> None:
         setting, solver, allocation, target, seed = job
         print(f"[grid] {setting}: {solver} {allocation} {target} seed {seed}", flush=True)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        code = versions()  # per cell: the source may change while a long grid runs
         child = {**os.environ, "OMP_NUM_THREADS": threads}
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -243,7 +246,7 @@ def main() -> None:
             except subprocess.CalledProcessError as exc:
                 row = {"setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation,
                        "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
-        row.update(started=started, versions=env["versions"],
+        row.update(started=started, versions=code,
                    machine={**env["machine"], "threads": threads, "jobs": a.jobs})
         with lock, out.open("a") as f:
             f.write(json.dumps(row) + "\n")

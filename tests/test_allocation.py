@@ -69,9 +69,10 @@ def test_alpha_default_epsilon_is_the_papers_narrowed_only_where_needed():
     alphas = [2.0] * 5 + [6.0]
     measures = [{"alpha": {f"b{b}.l{j}": alphas[b] for j in range(3)}} for b in range(6)]
     wide = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.5))
-    assert wide.info["epsilon"] == 0.3
+    assert wide.info["epsilon"] == 0.3 and "epsilon_narrowed_from" not in wide.info
     res = ALLOCATIONS["alpha"].allocate(layers, measures, Target(sparsity=0.7))
     eps = res.info["epsilon"]
+    assert res.info["epsilon_narrowed_from"] == 0.3
     assert 0 < eps < 0.3 and max(t.ratio for t in res.targets.values()) < 0.99
     assert _weighted(res.targets, layers) == pytest.approx(0.7, abs=1e-9)
     norm = torch.tensor([alphas[l.block] for l in layers], dtype=torch.float64)

@@ -81,7 +81,10 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alph
         raise UsageError(f"alpha_epsilon {epsilon} gives a layer sparsity of {float(ratios.max()):.3f} "
                          f"at target {target.sparsity}{hint}")
     targets = {layer.name: Target(sparsity=float(r)) for layer, r in zip(layers, ratios)}
-    return AllocationResult(targets, block_alpha, "alpha", {"epsilon": epsilon})
+    info = {"epsilon": epsilon}
+    if alpha_epsilon is None and epsilon < DEFAULT_EPSILON:
+        info["epsilon_narrowed_from"] = DEFAULT_EPSILON
+    return AllocationResult(targets, block_alpha, "alpha", info)
 
 
 register("alpha", allocate, measure)
