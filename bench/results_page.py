@@ -101,10 +101,15 @@ def zeroshot_table(rows: dict[tuple, dict]) -> list[str]:
 
 
 def coverage(rows: dict[tuple, dict], setting: str) -> str:
-    """How many of the setting's grid cells (seed 0) have a row, from bench/grid.py's own cell list."""
+    """How many of the setting's grid cells have a row (bench/grid.py's own cell list), and their run time."""
     wanted = cells(setting)
-    have = sum(1 for c in wanted if (setting, *c) in rows and "error" not in rows[(setting, *c)])
-    return f"{have} of {len(wanted)} cells of the {setting} setting have run."
+    ran = [rows[(setting, *c)] for c in wanted if (setting, *c) in rows and "error" not in rows[(setting, *c)]]
+    timed = [r["wall_s"] for r in ran if r.get("wall_s") and not r.get("timings_invalid")]
+    line = f"{len(ran)} of {len(wanted)} cells of the {setting} setting have run"
+    if timed:
+        line += (f"; the {len(timed)} that recorded their wall time took {sum(timed) / 3600:.1f} h of process "
+                 f"time together ({min(timed) / 60:.1f}–{max(timed) / 60:.1f} min each)")
+    return line + "."
 
 
 def seed_spread_table(rows: dict[tuple, dict], setting: str) -> list[str]:
