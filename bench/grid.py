@@ -1,7 +1,8 @@
-"""The results grid on SmolLM2-135M, resumable: one `prunellm` process per cell, one JSON line per run.
+"""The results grid, resumable: one `prunellm` process per cell, one JSON line per run.
 
     python bench/grid.py --quick     # minutes: tiny calibration and evaluation ("smoke" setting)
     python bench/grid.py             # everything: the quick-setting grid, then the headline rows (hours)
+    python bench/grid.py --model gemma3-270m --quick   # another built-in model, its own results file
 
 Settings (each row records its own, with the command, versions, machine, timings and peak memory):
 - smoke: 8 × 256 calibration tokens, perplexity at 256 on 16 windows; every solver at 50%, 70% and 2:4,
@@ -36,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "grid_smollm2.jsonl"
+MODEL = "smollm2-135m"
 SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
 ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
 TARGETS = ["0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
@@ -86,11 +87,16 @@ def _target_flags(target: str) -> list[str]:
     return ["--pattern", target] if ":" in target else ["--sparsity", target]
 
 
+def results_path(model: str) -> Path:
+    """The grid file of a model: grid_smollm2.jsonl for the default model (its historical name)."""
+    return ROOT / "bench" / "results" / ("grid_smollm2.jsonl" if model == MODEL else f"grid_{model}.jsonl")
+
+
 def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int, workdir: Path,
-             env: dict | None = None) -> dict:
+             env: dict | None = None, model: str = MODEL) -> dict:
     s = SETTINGS[setting]
     out = workdir / "model"
-    cmd = ["prunellm", "prune", "smollm2-135m", "--solver", solver, *_target_flags(target),
+    cmd = ["prunellm", "prune", model, "--solver", solver, *_target_flags(target),
            "--allocation", allocation, "--calib", "wikitext2", "--nsamples", str(s["nsamples"]),
            "--seqlen", str(s["seqlen"]), "--seed", str(seed), "--eval-ppl", "wikitext2",
            "--eval-seqlen", str(s["eval_seqlen"]),
@@ -103,7 +109,7 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
     report = json.loads((out / "prune_report.json").read_text())
     t = report["timings"]
     row = {
-        "setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation, "target": target,
+        "setting": setting, "model": model, "solver": solver, "allocation": allocation, "target": target,
         "seed": seed, "command": " ".join(cmd), "ppl": report["perplexity"]["wikitext2"],
         "eval": report["eval"], "sparsity": report["sparsity"], "calib_forward_s": t["calib_forward_s"],
         "prune_s": t["prune_s"], "prune_over_forward": round(t["prune_s"] / t["calib_forward_s"], 3)
@@ -122,16 +128,16 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
     return row
 
 
-def run_dense(setting: str, workdir: Path, env: dict | None = None) -> dict:
+def run_dense(setting: str, workdir: Path, env: dict | None = None, model: str = MODEL) -> dict:
     s = SETTINGS[setting]
     out = workdir / "dense.json"
-    cmd = ["prunellm", "eval", "smollm2-135m", "--ppl", "wikitext2", "--seqlen", str(s["eval_seqlen"]),
+    cmd = ["prunellm", "eval", model, "--ppl", "wikitext2", "--seqlen", str(s["eval_seqlen"]),
            *(["--max-windows", str(s["eval_windows"])] if s["eval_windows"] else []),
            *(["--tasks", TASKS, "--limit", "100"] if setting == "headline" else []), "--json", str(out)]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True, env=env)
     result = json.loads(out.read_text())
-    row = {"setting": setting, "model": "smollm2-135m", "solver": "dense", "allocation": "-", "target": "0",
+    row = {"setting": setting, "model": model, "solver": "dense", "allocation": "-", "target": "0",
            "seed": 0, "command": " ".join(cmd), "ppl": result["perplexity"]["wikitext2"], "sparsity": 0.0,
            "wall_s": round(time.perf_counter() - t0, 1)}
     if "zeroshot" in result:
@@ -189,7 +195,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the smoke setting only (minutes)")
     p.add_argument("--settings", help="comma-separated settings to run (default: quick,headline; smoke with --quick)")
-    p.add_argument("--out", default=str(RESULTS), help="JSON lines results file (appended, resumable)")
+    p.add_argument("--model", default=MODEL, help="built-in model or path (default: %(default)s)")
+    p.add_argument("--out", help="JSON lines results file (appended, resumable; default: "
+                                 "bench/results/grid_smollm2.jsonl, grid_MODEL.jsonl for other models)")
     p.add_argument("--max-cells", type=int, help="stop after this many new runs")
     p.add_argument("--no-page", action="store_true", help="do not rebuild docs/results.md at the end")
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run, run nothing")
@@ -206,7 +214,7 @@ def main() -> None:
     a = p.parse_args()
     shard, shards = (int(x) for x in a.shard.split("/"))
     settings = a.settings.split(",") if a.settings else (["smoke"] if a.quick else ["quick", "headline"])
-    out = Path(a.out)
+    out = Path(a.out) if a.out else results_path(a.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"machine": machine()}
     if a.import_legacy:
@@ -241,10 +249,10 @@ def main() -> None:
         child = {**os.environ, "OMP_NUM_THREADS": threads}
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = (run_dense(setting, Path(tmp), child) if solver == "dense"
-                       else run_cell(setting, solver, allocation, target, seed, Path(tmp), child))
+                row = (run_dense(setting, Path(tmp), child, a.model) if solver == "dense"
+                       else run_cell(setting, solver, allocation, target, seed, Path(tmp), child, a.model))
             except subprocess.CalledProcessError as exc:
-                row = {"setting": setting, "model": "smollm2-135m", "solver": solver, "allocation": allocation,
+                row = {"setting": setting, "model": a.model, "solver": solver, "allocation": allocation,
                        "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
         row.update(started=started, versions=code,
                    machine={**env["machine"], "threads": threads, "jobs": a.jobs})

@@ -1,6 +1,10 @@
 """Write docs/results.md and its plots from the grid's JSON lines (and the speed/size results).
 
     python bench/results_page.py                      # reads bench/results/grid_smollm2.jsonl
+    python bench/results_page.py --results bench/results/grid_gemma3-270m.jsonl   # docs/results_gemma3-270m.md
+
+The default model's page also carries the sparse speed/size section and docs/findings.md; another model's
+page (named after it, plots prefixed with its name) has its grid only.
 
 Every number on the page is a field of a row in bench/results/; cells not run yet show "–", runs that
 failed show "error", and "n/a" marks allocations that only exist for unstructured targets.
@@ -13,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from grid import UNSTRUCTURED_ONLY, cells
+from grid import MODEL, UNSTRUCTURED_ONLY, cells
 from tables import latest_speed_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,23 +66,24 @@ def grid_tables(rows: dict[tuple, dict], setting: str) -> list[str]:
 
 
 def headline_table(rows: dict[tuple, dict]) -> list[str]:
-    lines = ["| solver | target | seeds | WikiText-2 ppl (2048, full test) mean ± std | zero-shot mean acc "
-             "(seed 0, 7 tasks, limit 100) | prune_s / dense forward | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| solver | target | seeds | ppl per seed | WikiText-2 ppl (2048, full test) mean ± std | zero-shot "
+             "mean acc (seed 0, 7 tasks, limit 100) | prune_s / dense forward | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     dense = rows.get(("headline", "dense", "-", "0", 0))
     if dense:
         acc = dense.get("zeroshot", {}).get("mean_acc")
-        lines.append(f"| dense | – | – | {_cell(dense)} | {'–' if acc is None else f'{acc:.3f}'} | – | – |")
+        lines.append(f"| dense | – | – | – | {_cell(dense)} | {'–' if acc is None else f'{acc:.3f}'} | – | – |")
     for solver, target in sorted({(k[1], k[3]) for k in rows if k[0] == "headline" and k[1] != "dense"}):
-        runs = [rows[k] for k in rows if k[0] == "headline" and k[1] == solver and k[3] == target
-                and "error" not in rows[k]]
+        runs = sorted((rows[k] for k in rows if k[0] == "headline" and k[1] == solver and k[3] == target
+                       and "error" not in rows[k]), key=lambda r: r["seed"])
         if not runs:
             continue
         ppls = [r["ppl"] for r in runs]
         spread = f"{statistics.mean(ppls):.2f} ± {statistics.stdev(ppls):.2f}" if len(ppls) > 1 else f"{ppls[0]:.2f}"
         zero = next((r["zeroshot"]["mean_acc"] for r in runs if "zeroshot" in r), None)
         ratio = statistics.mean(r["prune_over_forward"] for r in runs)
-        lines.append(f"| {solver} | {target} | {', '.join(str(r['seed']) for r in runs)} | {spread} | "
+        lines.append(f"| {solver} | {target} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{', '.join(f'{p:.2f}' for p in ppls)} | {spread} | "
                      f"{'–' if zero is None else f'{zero:.3f}'} | {ratio:.2f} | "
                      f"{max(r['peak_rss_mb'] for r in runs):.0f} |")
     return lines
@@ -145,7 +150,7 @@ def speed_lines() -> list[str]:
     return lines
 
 
-def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
+def plots(rows: dict[tuple, dict], setting: str, out: Path, prefix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +174,8 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         ax.set_ylabel(f"WikiText-2 perplexity ({setting} setting)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / f"ppl_vs_sparsity_{setting}.png", dpi=110)
-        made.append(f"ppl_vs_sparsity_{setting}.png")
+        fig.savefig(out / f"{prefix}ppl_vs_sparsity_{setting}.png", dpi=110)
+        made.append(f"{prefix}ppl_vs_sparsity_{setting}.png")
     plt.close(fig)
     for allocation in ("owl", "als", "alpha"):
         row = next((rows[k] for k in sorted(rows) if k[0] == setting and k[2] == allocation and k[3] == "0.7"
@@ -185,9 +190,9 @@ def plots(rows: dict[tuple, dict], setting: str, out: Path) -> list[str]:
         ax.set_title(f"{allocation} + {row['solver']} at 70% (seed {row['seed']}): sparsity per layer")
         fig.colorbar(image, ax=ax, label="sparsity")
         fig.tight_layout()
-        fig.savefig(out / f"heatmap_{allocation}_{setting}.png", dpi=110)
+        fig.savefig(out / f"{prefix}heatmap_{allocation}_{setting}.png", dpi=110)
         plt.close(fig)
-        made.append(f"heatmap_{allocation}_{setting}.png")
+        made.append(f"{prefix}heatmap_{allocation}_{setting}.png")
     return made
 
 
@@ -214,6 +219,27 @@ def speed_plot(out: Path) -> str | None:
     return None
 
 
+def environment_lines(raw: list[dict]) -> list[str]:
+    """One line per machine and library versions; threads per run and prunellm commits listed within it."""
+    groups: dict[str, dict[str, set]] = {}
+    for r in raw:
+        if "machine" not in r:
+            continue
+        versions = {k: v for k, v in r.get("versions", {}).items() if k != "prunellm_commit"}
+        key = json.dumps({"cpu": r["machine"]["cpu"], "cores": r["machine"]["cores"], **versions})
+        g = groups.setdefault(key, {"threads": set(), "commits": set()})
+        g["threads"].add(str(r["machine"].get("threads", "default")))
+        g["commits"].add(r.get("versions", {}).get("prunellm_commit", "?"))
+    lines = []
+    for key, g in groups.items():
+        e = json.loads(key)
+        cpu, cores = e.pop("cpu"), e.pop("cores")
+        lines.append(f"- machine: {cpu} ({cores} cores; threads per run: {', '.join(sorted(g['threads']))}); "
+                     + ", ".join(f"{k} {v}" for k, v in e.items())
+                     + f"; prunellm commits: {', '.join(sorted(g['commits']))}")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "grid_smollm2.jsonl"))
@@ -224,19 +250,17 @@ def main() -> None:
     docs = Path(a.docs)
     (docs / "img").mkdir(parents=True, exist_ok=True)
     settings = [s for s in ("headline", "quick", "smoke") if any(k[0] == s for k in rows)]
-    envs = {json.dumps({"machine": r.get("machine"), "versions": r.get("versions")}, sort_keys=True) for r in raw
-            if "machine" in r}
     results = Path(a.results).resolve()
     shown = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    md = ["# Results on SmolLM2-135M", "",
-          f"Generated by `python bench/results_page.py` from `{shown}` "
-          f"({len(raw)} runs) and `bench/results/sparse_speed_smollm2.jsonl`; runs are made by "
-          "`python bench/grid.py` (see its docstring for the settings). Cells marked – have not been run yet.", ""]
-    for env in sorted(envs):
-        e = json.loads(env)
-        md.append(f"- machine: {e['machine']['cpu']} ({e['machine']['cores']} cores, threads per run: "
-                  f"{e['machine'].get('threads', 'default')}); versions: "
-                  + ", ".join(f"{k} {v}" for k, v in e["versions"].items()))
+    model = raw[0]["model"] if raw else MODEL
+    main_page = model == MODEL
+    page, prefix = ("results.md", "") if main_page else (f"results_{model}.md", f"{model}_")
+    md = [f"# Results on {'SmolLM2-135M' if main_page else model}", "",
+          f"Generated by `python bench/results_page.py{'' if main_page else f' --results {shown}'}` from "
+          f"`{shown}` ({len(raw)} runs){' and `bench/results/sparse_speed_smollm2.jsonl`' if main_page else ''}; "
+          f"runs are made by `python bench/grid.py{'' if main_page else f' --model {model}'}` (see its docstring "
+          "for the settings). Cells marked – have not been run yet.", ""]
+    md += environment_lines(raw)
     imported = [r for r in raw if "source" in r]
     if imported:
         md.append(f"- {len(imported)} quick-setting runs were imported from earlier benchmark files (each row's "
@@ -257,10 +281,10 @@ def main() -> None:
             if spread:
                 md += [f"Calibration-seed spread ({setting} setting): a difference between two cells smaller than "
                        "this spread is not a finding.", "", *spread, ""]
-            for name in plots(rows, setting, docs / "img"):
+            for name in plots(rows, setting, docs / "img", prefix):
                 md.append(f"![{name}](img/{name})")
             md.append("")
-    speed = speed_lines()
+    speed = speed_lines() if main_page else []
     if speed:
         md += ["## Sparse model: size and speed", "",
                "Magnitude-pruned models of each sparsity (speed depends on the sparsity, not on the method), "
@@ -269,10 +293,10 @@ def main() -> None:
         if name:
             md += [f"![{name}](img/{name})", ""]
     findings = docs / "findings.md"
-    if findings.exists():
+    if main_page and findings.exists():
         md += [findings.read_text().strip(), ""]
-    (docs / "results.md").write_text("\n".join(md))
-    print(f"wrote {docs / 'results.md'}")
+    (docs / page).write_text("\n".join(md))
+    print(f"wrote {docs / page}")
 
 
 if __name__ == "__main__":

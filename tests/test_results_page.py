@@ -1,0 +1,59 @@
+"""bench/results_page.py on synthetic grid rows: the page's numbers are computed from the rows, not typed in."""
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import grid  # noqa: E402
+import results_page  # noqa: E402
+
+
+def _row(setting, solver, target, seed, ppl, allocation="uniform", **extra):
+    return {"setting": setting, "model": "tiny", "solver": solver, "allocation": allocation, "target": target,
+            "seed": seed, "ppl": ppl, "prune_over_forward": 2.0, "peak_rss_mb": 100.0, "wall_s": 60.0,
+            "machine": {"cpu": "cpu", "cores": 2, "threads": "1"},
+            "versions": {"prunellm_commit": f"c{seed}", "torch": "t"}, **extra}
+
+
+def test_headline_table_mean_std_over_seeds_sorted():
+    rows = results_page._latest([_row("headline", "wanda", "0.5", s, p) for s, p in ((2, 12.0), (0, 10.0), (1, 11.0))])
+    line = next(x for x in results_page.headline_table(rows) if x.startswith("| wanda"))
+    assert "| 0, 1, 2 | 10.00, 11.00, 12.00 |" in line
+    assert f"{statistics.mean([10, 11, 12]):.2f} ± {statistics.stdev([10, 11, 12]):.2f}" in line
+
+
+def test_latest_row_wins_and_missing_cells_are_marked():
+    rows = results_page._latest([_row("quick", "wanda", "0.5", 0, 50.0), _row("quick", "wanda", "0.5", 0, 40.0),
+                                 _row("quick", "wanda", "0.7", 0, None, error="exit code 1")])
+    line = next(x for x in results_page.grid_tables(rows, "quick") if x.startswith("| wanda | uniform"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:8] == ["40.00", "–", "error", "–", "–", "–"]
+    als = next(x for x in results_page.grid_tables(rows, "quick") if x.startswith("| wanda | als"))
+    assert als.count("n/a") == 2  # no N:M cells for a ratio allocation
+
+
+def test_coverage_counts_the_grid_cells_and_sums_wall_time():
+    wanted = grid.cells("quick")
+    rows = results_page._latest([_row("quick", *c[:1], c[2], 0, 1.0, allocation=c[1]) for c in wanted[:3]])
+    assert results_page.coverage(rows, "quick").startswith(f"3 of {len(wanted)} cells")
+    assert "0.1 h" in results_page.coverage(rows, "quick")  # 3 × 60 s
+
+
+def test_environment_lines_group_commits_per_machine():
+    lines = results_page.environment_lines([_row("quick", "wanda", "0.5", s, 1.0) for s in (0, 1)])
+    assert len(lines) == 1 and "prunellm commits: c0, c1" in lines[0]
+
+
+def test_page_for_another_model_is_named_after_it(tmp_path):
+    results = tmp_path / "grid.jsonl"
+    results.write_text(json.dumps(_row("smoke", "wanda", "0.5", 0, 30.0)) + "\n")
+    subprocess.run([sys.executable, str(BENCH / "results_page.py"), "--results", str(results), "--docs",
+                    str(tmp_path / "docs")], check=True, capture_output=True)
+    text = (tmp_path / "docs" / "results_tiny.md").read_text()
+    assert "# Results on tiny" in text and "30.00" in text and "Findings" not in text
+    assert not (tmp_path / "docs" / "results.md").exists()
