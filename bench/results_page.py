@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from datetime import datetime
 from pathlib import Path
 
 from grid import MODEL, UNSTRUCTURED_ONLY, cells
@@ -105,15 +106,43 @@ def zeroshot_table(rows: dict[tuple, dict]) -> list[str]:
     return lines
 
 
-def coverage(rows: dict[tuple, dict], setting: str) -> str:
+def oversubscribed(raw: list[dict]) -> set[int]:
+    """Rows (by id) that ran while grid runs needing more threads than the machine's cores ran at once.
+
+    A run's threads are its OMP_NUM_THREADS, or all cores for "default"; runs are placed in time by
+    `started` and `wall_s` (a 2 s margin absorbs the one-second rounding of `started`). A run crowded for
+    more than 5% of its time is flagged: its wall time says more about the other runs than about itself."""
+    spans = []
+    for r in raw:
+        if "started" in r and r.get("wall_s") and "machine" in r:
+            start = datetime.fromisoformat(r["started"]).timestamp()
+            cores = r["machine"]["cores"]
+            threads = r["machine"].get("threads", "default")
+            spans.append((r, start, start + r["wall_s"] - 2, cores if threads == "default" else int(threads), cores))
+    busy = set()
+    for r, start, end, _, cores in spans:
+        cuts = sorted({start, end, *(t for _, s, e, _, _ in spans for t in (s, e) if start < t < end)})
+        crowded = sum(b - a for a, b in zip(cuts, cuts[1:])
+                      if sum(n for _, s, e, n, _ in spans if s <= a < e) > cores)
+        if crowded > 0.05 * (end - start):
+            busy.add(id(r))
+    return busy
+
+
+def coverage(rows: dict[tuple, dict], setting: str, busy: set[int] = frozenset()) -> str:
     """How many of the setting's grid cells have a row (bench/grid.py's own cell list), and their run time."""
     wanted = cells(setting)
     ran = [rows[(setting, *c)] for c in wanted if (setting, *c) in rows and "error" not in rows[(setting, *c)]]
-    timed = [r["wall_s"] for r in ran if r.get("wall_s") and not r.get("timings_invalid")]
+    timed = [r["wall_s"] for r in ran if r.get("wall_s") and not r.get("timings_invalid") and id(r) not in busy]
+    crowded = sum(1 for r in ran if id(r) in busy)
     line = f"{len(ran)} of {len(wanted)} cells of the {setting} setting have run"
     if timed:
-        line += (f"; the {len(timed)} that recorded their wall time took {sum(timed) / 3600:.1f} h of process "
-                 f"time together ({min(timed) / 60:.1f}–{max(timed) / 60:.1f} min each)")
+        line += (f"; the {len(timed)} that recorded their wall time on an uncrowded machine took "
+                 f"{sum(timed) / 3600:.1f} h of process time together ({min(timed) / 60:.1f}–{max(timed) / 60:.1f} "
+                 "min each)")
+    if crowded:
+        line += (f"; {crowded} more ran while other runs wanted more threads than there are cores, and their "
+                 "times are left out")
     return line + "."
 
 
@@ -261,13 +290,14 @@ def main() -> None:
           f"runs are made by `python bench/grid.py{'' if main_page else f' --model {model}'}` (see its docstring "
           "for the settings). Cells marked – have not been run yet.", ""]
     md += environment_lines(raw)
+    busy = oversubscribed(raw)
     imported = [r for r in raw if "source" in r]
     if imported:
         md.append(f"- {len(imported)} quick-setting runs were imported from earlier benchmark files (each row's "
                   "`source` names the file and line; they were run at earlier commits with the default thread count)")
     md.append("")
     if "headline" in settings:
-        md += ["## Headline rows", "", coverage(rows, "headline") + " WikiText-2 perplexity at 2048 over the "
+        md += ["## Headline rows", "", coverage(rows, "headline", busy) + " WikiText-2 perplexity at 2048 over the "
                "whole test set, mean ± std over calibration seeds 0, 1, 2 (sample std); zero-shot accuracy on "
                "100 examples per task (seed 0), mean over the seven tasks of the Wanda paper (BoolQ, RTE, "
                "HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA; one task's standard error at 100 examples is "
@@ -275,7 +305,7 @@ def main() -> None:
                *zeroshot_table(rows), ""]
     for setting in ("quick", "smoke"):
         if setting in settings:
-            md += [f"## Grid, {setting} setting (WikiText-2 perplexity, seed 0)", "", coverage(rows, setting), "",
+            md += [f"## Grid, {setting} setting (WikiText-2 perplexity, seed 0)", "", coverage(rows, setting, busy), "",
                    *grid_tables(rows, setting), ""]
             spread = seed_spread_table(rows, setting)
             if spread:

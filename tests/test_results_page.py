@@ -57,3 +57,18 @@ def test_page_for_another_model_is_named_after_it(tmp_path):
     text = (tmp_path / "docs" / "results_tiny.md").read_text()
     assert "# Results on tiny" in text and "30.00" in text and "Findings" not in text
     assert not (tmp_path / "docs" / "results.md").exists()
+
+
+def test_oversubscribed_flags_runs_that_shared_cores_beyond_the_machine():
+    def timed(seed, start, wall, threads):
+        r = _row("quick", "wanda", "0.5", seed, 1.0, started=f"2026-01-01T00:{start:02d}:00+00:00", wall_s=wall)
+        r["machine"]["threads"] = threads
+        return r
+
+    pair = [timed(0, 0, 600, "1"), timed(1, 0, 600, "1")]  # two 1-thread jobs on 2 cores: fine
+    assert results_page.oversubscribed(pair) == set()
+    third = timed(2, 5, 120, "1")  # a third job for 2 of the pair's 10 minutes
+    flagged = results_page.oversubscribed(pair + [third])
+    assert flagged == {id(r) for r in pair + [third]}
+    alone = [timed(0, 0, 60, "default"), timed(1, 1, 60, "default")]  # back to back, all cores each
+    assert results_page.oversubscribed(alone) == set()
