@@ -17,7 +17,8 @@ Settings (each row records its own, with the command, versions, machine, timings
 A cell already in the results file (same setting, solver, allocation, target, seed) is skipped, so an
 interrupted run resumes. `--solvers`, `--allocations`, `--targets` pick a part of the grid, `--seeds 1,2`
 reruns that part with other calibration seeds (the seed spread on the results page), and `--shard I/N`
-splits the cells over parallel workers. `bench/results_page.py` turns the file into docs/results.md.
+splits the cells over parallel workers; `--rerun` runs the selected cells again (e.g. rows imported from
+an earlier commit), and the page shows each cell's latest row. `bench/results_page.py` turns the file into docs/results.md.
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def main() -> None:
     p.add_argument("--targets", help="only these targets (comma-separated, e.g. 0.5,0.6,2:4)")
     p.add_argument("--allocations", help="only these allocations (comma-separated)")
     p.add_argument("--seeds", help="run the setting's cells with these calibration seeds instead (e.g. 1,2)")
+    p.add_argument("--rerun", action="store_true",
+                   help="run the selected cells even if the file has them (the page shows each cell's latest row)")
     p.add_argument("--import-legacy", action="store_true",
                    help="first copy earlier quick-setting runs from bench/results into the grid file")
     a = p.parse_args()
@@ -230,7 +233,7 @@ def main() -> None:
         for solver, allocation, target, seed in [("dense", "-", "0", 0)] + grid:
             cell = {"solver": solver} if solver == "dense" else {"solver": solver, "allocation": allocation,
                                                                   "target": target}
-            if (setting, solver, allocation, target, seed) in done or any(
+            if ((setting, solver, allocation, target, seed) in done and not a.rerun) or any(
                     name in cell and cell[name] not in values for name, values in wanted.items()):
                 continue
             todo.append((setting, solver, allocation, target, seed))
