@@ -141,8 +141,8 @@ def coverage(rows: dict[tuple, dict], setting: str, busy: set[int] = frozenset()
                  f"{sum(timed) / 3600:.1f} h of process time together ({min(timed) / 60:.1f}–{max(timed) / 60:.1f} "
                  "min each)")
     if crowded:
-        line += (f"; {crowded} more ran while other runs wanted more threads than there are cores, and their "
-                 "times are left out")
+        line += (f"; {crowded} of them ran while the runs at the same time wanted more threads than there are "
+                 "cores, so their times are left out")
     return line + "."
 
 
