@@ -103,25 +103,33 @@ _MEMORY_CHILD = textwrap.dedent('''
 
 
 def test_offload_peak_memory_stays_under_an_enforced_limit(tmp_path):
-    # 24 blocks of 6.8 MiB (float32) = 162 MiB of weights, pruned with Wanda under a 40 MiB limit on growth
-    # (measured peak growth about 23 MiB: one block, its statistics and the solver's temporaries).
+    # 24 blocks of 6.8 MiB (float32) = 162 MiB of weights, pruned with Wanda under an 80 MiB limit on the
+    # growth of private address space (loading the whole model would need all 162 MiB). Measured: peak RSS
+    # growth about 23 MiB on an AMD EPYC; on an Intel Xeon 30-36 MiB of RSS and 50-60 MiB of address space
+    # (one block, its statistics, the solver's temporaries and the math library's scratch).
     config = T.LlamaConfig(hidden_size=384, intermediate_size=1024, num_hidden_layers=24, num_attention_heads=8,
                            num_key_value_heads=8, vocab_size=256, max_position_embeddings=256)
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(config).eval()
     model.save_pretrained(tmp_path / "big")
     weights_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
-    limit_mb = 40.0
-    assert weights_mb > 4 * limit_mb
+    limit_mb = 80.0
+    assert weights_mb > 2 * limit_mb
     result = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(tmp_path / "big"), str(tmp_path / "out"),
                              str(limit_mb)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["peak_growth_mb"] < limit_mb
-    # The output equals pruning the whole model in memory.
+    # The output equals pruning the whole model in memory, with the child's one thread (matmul summation
+    # order, and with it Wanda's statistics, can depend on the thread count).
     ids = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))
-    prune(model, None, PruneConfig(solver="wanda", sparsity=0.5, calibration_batch_size=2),
-          calibration_ids=ids, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prune(model, None, PruneConfig(solver="wanda", sparsity=0.5, calibration_batch_size=2),
+              calibration_ids=ids, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     state, reference = _folder_state(tmp_path / "out"), model.state_dict()
     assert all(torch.equal(t, reference[n]) for n, t in state.items()) and len(state) == len(reference)
 
