@@ -18,7 +18,7 @@ import statistics
 from datetime import datetime
 from pathlib import Path
 
-from grid import MODEL, UNSTRUCTURED_ONLY, cells
+from grid import MODEL, UNSTRUCTURED_ONLY, cells, results_path
 from tables import latest_speed_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +271,7 @@ def environment_lines(raw: list[dict]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=str(ROOT / "bench" / "results" / "grid_smollm2.jsonl"))
+    p.add_argument("--results", default=str(results_path(MODEL)))
     p.add_argument("--docs", default=str(ROOT / "docs"))
     a = p.parse_args()
     raw = _rows(Path(a.results))
