@@ -41,6 +41,17 @@ def test_owl_nm_mixes_patterns_around_the_base():
     assert all(res.targets[f"b{b}.l0"].m == 8 for b in range(6))
 
 
+def test_owl_nm_default_lambda_mixes_and_a_fractional_one_is_refused():
+    layers = _layers(blocks=2)
+    measures = [{"outlier_ratio": 1.0}, {"outlier_ratio": 7.0}]
+    res = ALLOCATIONS["owl"].allocate(layers, measures, Target(n=2, m=4))  # default λ for N:M
+    assert [res.targets[f"b{b}.l0"].n for b in range(2)] == [3, 1]  # shifts ∓1 around 2:4
+    with pytest.raises(prunellm.errors.UsageError, match="cannot change any block"):
+        ALLOCATIONS["owl"].allocate(layers, measures, Target(n=2, m=4), owl_lambda=0.08)
+    ratios = ALLOCATIONS["owl"].allocate(layers, measures, Target(sparsity=0.5)).targets  # default λ 0.08
+    assert ratios["b0.l0"].ratio - ratios["b1.l0"].ratio == pytest.approx(0.16, abs=1e-9)
+
+
 @pytest.mark.parametrize("sparsity, eps", [(0.5, 0.3), (0.7, 0.2), (0.8, 0.1)])
 def test_alpha_mean_and_bounds_on_random_measures(sparsity, eps):
     layers = _layers()
@@ -255,3 +266,15 @@ def test_als_on_a_tiny_model_meets_target_and_bounds(direction):
     assert (lo, hi) == pytest.approx((0.6 - 0.4 / 6, 0.6 + 0.4 / 6))  # default: ± (1 − S)/6 at 60%
     assert all(lo - 1e-9 <= b <= hi + 1e-9 for b in report["allocation"]["block_sparsity"])
     assert all(lo - 1e-9 <= r["target"] <= hi + 1e-9 for r in rows)  # components too, not only blocks
+
+
+def test_owl_nm_prunes_each_block_to_its_own_pattern():
+    model = tiny_model("llama")
+    report = prunellm.prune(model, None, prunellm.PruneConfig(solver="wanda", mask_structure="2:4", allocation="owl"),
+                            calibration_ids=calib_ids(), progress=False)
+    assert len(set(report["allocation"]["n_per_block"])) > 1
+    modules = dict(model.named_modules())
+    for row in report["layers"]:
+        n, m = map(int, row["pattern"].split(":"))
+        zeros = (modules[row["name"]].weight == 0).reshape(-1, m).sum(dim=1)
+        assert bool((zeros == n).all()), row["name"]

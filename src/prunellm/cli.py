@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, help="calibration sampling seed (default 0)")
     pr.add_argument("--allocation", help="layer-wise sparsity: uniform (default), owl, als, alpha")
     pr.add_argument("--owl-m", type=float, help="OWL outlier threshold, × mean score (default 5)")
-    pr.add_argument("--owl-lambda", type=float, help="OWL spread (default 0.08; an integer N shift for N:M)")
+    pr.add_argument("--owl-lambda", type=float, help="OWL spread (default 0.08; for N:M an integer N shift, default 2)")
     pr.add_argument("--alpha-epsilon", type=float, help="AlphaPruning spread ε (default 0.3, narrowed where a layer would reach 99%%)")
     pr.add_argument("--als-features", choices=["input", "output", "gate"], help="ALS features (default input)")
     pr.add_argument("--als-norm", choices=["none", "feature", "feature+weight"], help="ALS normalization")

@@ -42,7 +42,7 @@ class PruneConfig:
     mask_selection: str = "score"  # MRP: "score" (w²/[H⁻¹]_jj, Solution S) or "loss" (Solution M, N:M)
     allocation: str = "uniform"  # layer-wise allocation: uniform, owl, alpha
     owl_m: float = 5.0  # OWL outlier threshold (× mean score)
-    owl_lmbda: float = 0.08  # OWL spread (llm-compressor's spelling); an integer N shift for N:M
+    owl_lmbda: float | None = None  # OWL spread (llm-compressor's spelling); default 0.08, or 2 (an N shift) for N:M
     alpha_epsilon: float | None = None  # AlphaPruning spread ε (ratios in [1−ε, 1+ε] × target); default 0.3, narrowed to stay below 99%
     als_features: str = "input"  # ALS features: input, output or gate (SiLU of the output) of each linear
     als_norm: str = "feature+weight"  # ALS normalization: none, feature, feature+weight

@@ -4,7 +4,8 @@ Per block, the Wanda scores |W|·‖X_j‖ of all its linears are pooled; the ou
 percentage of scores above M × their mean. D is scaled to [0, 2λ], centred on the target's density
 (parameter-weighted, which is the reference's plain mean for equal blocks), and every linear of the
 block gets the block's ratio. For N:M, the scaled D (range [0, λ], λ an integer) is rounded into a
-per-block N (e.g. 4:8 / 5:8 / 6:8 around 5:8).
+per-block N (e.g. 4:8 / 5:8 / 6:8 around 5:8). λ defaults to 0.08 for ratios and to 2 for N:M (the
+reference's mixed N:M setting): a λ below 0.5 cannot round to any shift, so it is refused for N:M.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from ..masks import Target
 from ..solvers import LayerStats
 from ..solvers.wanda import wanda_scores
+from ..errors import UsageError
 from . import AllocationResult, LayerInfo, block_numels, per_block, register, weighted_mean
 
 
@@ -27,8 +29,17 @@ def measure(weights, stats, owl_m: float = 5.0, **_) -> dict:
     return {"outlier_ratio": outlier_ratio(weights, stats, owl_m)}
 
 
-def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_lambda: float = 0.08,
+DEFAULT_LAMBDA = 0.08
+DEFAULT_LAMBDA_NM = 2.0
+
+
+def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_lambda: float | None = None,
              **_) -> AllocationResult:
+    if owl_lambda is None:
+        owl_lambda = DEFAULT_LAMBDA_NM if target.is_nm else DEFAULT_LAMBDA
+    if target.is_nm and owl_lambda < 0.5:
+        raise UsageError(f"OWL with {target.n}:{target.m} shifts each block's N by round(λ·D̃ − mean), so λ = "
+                         f"{owl_lambda:g} cannot change any block; use an integer λ such as 1 or 2 (default 2)")
     d = torch.tensor([m["outlier_ratio"] for m in measures], dtype=torch.float64)
     spread = d.max() - d.min()
     norm = (d - d.min()) / spread if spread > 0 else torch.zeros_like(d)
