@@ -4,7 +4,7 @@
     python bench/results_page.py --results bench/results/grid_gemma3-270m.jsonl   # docs/results_gemma3-270m.md
 
 The default model's page also carries the sparse speed/size section and docs/findings.md; another model's
-page (named after it, plots prefixed with its name) has its grid only.
+page (named after it, plots prefixed with its name) has its grid and docs/findings_MODEL.md if there is one.
 
 Every number on the page is a field of a row in bench/results/; cells not run yet show "–", runs that
 failed show "error", and "n/a" marks allocations that only exist for unstructured targets.
@@ -322,8 +322,8 @@ def main() -> None:
         name = speed_plot(docs / "img")
         if name:
             md += [f"![{name}](img/{name})", ""]
-    findings = docs / "findings.md"
-    if main_page and findings.exists():
+    findings = docs / ("findings.md" if main_page else f"findings_{model}.md")
+    if findings.exists():
         md += [findings.read_text().strip(), ""]
     (docs / page).write_text("\n".join(md))
     print(f"wrote {docs / page}")

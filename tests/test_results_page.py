@@ -52,11 +52,14 @@ def test_environment_lines_group_commits_per_machine():
 def test_page_for_another_model_is_named_after_it(tmp_path):
     results = tmp_path / "grid.jsonl"
     results.write_text(json.dumps(_row("smoke", "wanda", "0.5", 0, 30.0)) + "\n")
-    subprocess.run([sys.executable, str(BENCH / "results_page.py"), "--results", str(results), "--docs",
-                    str(tmp_path / "docs")], check=True, capture_output=True)
+    command = [sys.executable, str(BENCH / "results_page.py"), "--results", str(results), "--docs", str(tmp_path / "docs")]
+    subprocess.run(command, check=True, capture_output=True)
     text = (tmp_path / "docs" / "results_tiny.md").read_text()
     assert "# Results on tiny" in text and "30.00" in text and "Findings" not in text
     assert not (tmp_path / "docs" / "results.md").exists()
+    (tmp_path / "docs" / "findings_tiny.md").write_text("## Findings\n\nTiny wins.\n")
+    subprocess.run(command, check=True, capture_output=True)
+    assert (tmp_path / "docs" / "results_tiny.md").read_text().rstrip().endswith("Tiny wins.")
 
 
 def test_oversubscribed_flags_runs_that_shared_cores_beyond_the_machine():
