@@ -46,10 +46,12 @@ def test_owl_nm_default_lambda_mixes_and_a_fractional_one_is_refused():
     measures = [{"outlier_ratio": 1.0}, {"outlier_ratio": 7.0}]
     res = ALLOCATIONS["owl"].allocate(layers, measures, Target(n=2, m=4))  # default λ for N:M
     assert [res.targets[f"b{b}.l0"].n for b in range(2)] == [3, 1]  # shifts ∓1 around 2:4
+    assert res.info["lambda"] == 2.0
     with pytest.raises(prunellm.errors.UsageError, match="cannot change any block"):
         ALLOCATIONS["owl"].allocate(layers, measures, Target(n=2, m=4), owl_lambda=0.08)
-    ratios = ALLOCATIONS["owl"].allocate(layers, measures, Target(sparsity=0.5)).targets  # default λ 0.08
-    assert ratios["b0.l0"].ratio - ratios["b1.l0"].ratio == pytest.approx(0.16, abs=1e-9)
+    res = ALLOCATIONS["owl"].allocate(layers, measures, Target(sparsity=0.5))  # default λ 0.08
+    assert res.info["lambda"] == 0.08
+    assert res.targets["b0.l0"].ratio - res.targets["b1.l0"].ratio == pytest.approx(0.16, abs=1e-9)
 
 
 @pytest.mark.parametrize("sparsity, eps", [(0.5, 0.3), (0.7, 0.2), (0.8, 0.1)])

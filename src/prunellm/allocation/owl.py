@@ -5,17 +5,18 @@ percentage of scores above M × their mean. D is scaled to [0, 2λ], centred on 
 (parameter-weighted, which is the reference's plain mean for equal blocks), and every linear of the
 block gets the block's ratio. For N:M, the scaled D (range [0, λ], λ an integer) is rounded into a
 per-block N (e.g. 4:8 / 5:8 / 6:8 around 5:8). λ defaults to 0.08 for ratios and to 2 for N:M (the
-reference's mixed N:M setting): a λ below 0.5 cannot round to any shift, so it is refused for N:M.
+reference's mixed N:M setting; the λ used is in the result's info, like AlphaPruning's ε): a λ below 0.5
+cannot round to any shift, so it is refused for N:M.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..masks import Target
 from ..solvers import LayerStats
 from ..solvers.wanda import wanda_scores
-from ..errors import UsageError
 from . import AllocationResult, LayerInfo, block_numels, per_block, register, weighted_mean
 
 
@@ -47,12 +48,13 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_
         shift = torch.round(norm * owl_lambda - (norm * owl_lambda).mean()).long()
         ns = (target.n - shift).clamp(1, target.m - 1)
         targets = {layer.name: Target(n=int(ns[layer.block]), m=target.m) for layer in layers}
-        return AllocationResult(targets, d.tolist(), "outlier_ratio", {"n_per_block": ns.tolist()})
+        return AllocationResult(targets, d.tolist(), "outlier_ratio", {"lambda": owl_lambda, "n_per_block": ns.tolist()})
     scaled = norm * 2 * owl_lambda
     density = scaled - weighted_mean(scaled, block_numels(layers)) + (1 - target.sparsity)
     sparsity = 1 - density
     sparsity = torch.where(sparsity <= 0, torch.full_like(sparsity, 0.01), sparsity)
-    return AllocationResult(per_block(layers, sparsity.tolist(), target), d.tolist(), "outlier_ratio")
+    return AllocationResult(per_block(layers, sparsity.tolist(), target), d.tolist(), "outlier_ratio",
+                            {"lambda": owl_lambda})
 
 
 register("owl", allocate, measure, needs={"norms"})
