@@ -100,6 +100,19 @@ def test_pruned_model_round_trips_through_a_compressed_folder(tmp_path, arch, pa
     assert (sparse_dir / WEIGHTS).stat().st_size < dense_bytes
 
 
+def test_mixed_n_owl_model_stores_each_block_with_its_own_n(tmp_path):
+    model = tiny_model("llama")
+    config = prunellm.PruneConfig(solver="wanda", mask_structure="2:4", allocation="owl")
+    report = prunellm.prune(model, None, config, calibration_ids=calib_ids(), progress=False)
+    assert len({row["pattern"] for row in report["layers"]}) > 1  # OWL's default λ mixes 1:4 / 2:4 / 3:4
+    prunellm.save_pruned(model, None, report, tmp_path / "sparse", save_format="compressed")
+    tensors = json.loads((tmp_path / "sparse" / CONFIG).read_text())["tensors"]
+    for row in report["layers"]:
+        assert tensors[row["name"] + ".weight"] == f"sparse-{row['pattern']}-bitmask", row["name"]
+    loaded, _ = prunellm.load(str(tmp_path / "sparse"))
+    assert _state_bits_equal(loaded.state_dict(), model.state_dict())
+
+
 def test_plain_from_pretrained_refuses_a_compressed_folder(tmp_path):
     import transformers as T
 

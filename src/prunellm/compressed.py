@@ -4,6 +4,7 @@ The tensor layout is compressed-tensors' former `sparse-bitmask` format (removed
 2026): `W.compressed` (kept values, row-major), `W.bitmask` (uint8, R × ceil(C/8), little bit
 order), `W.shape`, `W.row_offsets`. N:M weights use its `sparse-24-bitmask` idea for any N:M:
 `W.compressed` is the dense R × C·(M−N)/M matrix of kept values, so a kernel can index it directly.
+Each tensor gets its own N for the model's M (OWL's mixed N:M gives 1:4 and 3:4 blocks in a 2:4 model).
 
 A weight is "kept" where its bits are not all zero (so −0.0 survives and the round trip is
 bit-exact). The weights go to `model.sparse.safetensors` (not `model.safetensors`, so a plain
@@ -64,13 +65,25 @@ def nm_keep(w: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
     return keep.view(rows, cols)
 
 
+def own_n(w: torch.Tensor, m: int) -> int | None:
+    """The largest N with at most M−N non-zeros in every group of M along a row, or None when the
+    width does not divide or some group is full."""
+    rows, cols = w.shape
+    if cols % m:
+        return None
+    n = m - int(nonzero_bits(w).view(rows, cols // m, m).sum(-1).max())
+    return n or None
+
+
 def encode(w: torch.Tensor, nm: tuple[int, int] | None = None) -> tuple[str, dict[str, torch.Tensor]]:
-    """One weight → (encoding name, tensors to store under `name.<key>`)."""
-    keep = nm_keep(w, *nm) if nm and w.dim() == 2 else None
-    if keep is not None:
+    """One weight → (encoding name, tensors to store under `name.<key>`). With a model-wide N:M, the
+    tensor is stored as N':M with its own N' (its fullest group decides), so mixed-N blocks stay dense-indexable."""
+    n = own_n(w, nm[1]) if nm and w.dim() == 2 else None
+    if n is not None:
+        keep = nm_keep(w, n, nm[1])
         values = w[keep].view(w.shape[0], -1)
-        return f"sparse-{nm[0]}:{nm[1]}-bitmask", {"compressed": values, "bitmask": pack_bits(keep),
-                                                   "shape": torch.tensor(w.shape)}
+        return f"sparse-{n}:{nm[1]}-bitmask", {"compressed": values, "bitmask": pack_bits(keep),
+                                               "shape": torch.tensor(w.shape)}
     keep = nonzero_bits(w)
     counts = keep.sum(1)
     return "sparse-bitmask", {"compressed": w[keep], "bitmask": pack_bits(keep), "shape": torch.tensor(w.shape),
