@@ -51,36 +51,28 @@ def unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
     return ((bitmask.unsqueeze(-1) >> shifts) & 1).bool().reshape(bitmask.shape[0], -1)[:, :cols]
 
 
-def nm_keep(w: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
-    """Exactly M−N kept positions per group of M (non-zeros first, then by position), or None when
-    some group has more than M−N non-zeros or the width does not divide."""
+def nm_keep(w: torch.Tensor, m: int) -> tuple[int, torch.Tensor] | None:
+    """(N, keep) with N the largest that fits every group of M along a row (the fullest group decides)
+    and exactly M−N kept positions per group (non-zeros first, then by position); None when the width
+    does not divide or some group is full."""
     rows, cols = w.shape
     if cols % m:
         return None
     nz = nonzero_bits(w).view(rows, cols // m, m)
-    if int(nz.sum(-1).max()) > m - n:
+    n = m - int(nz.sum(-1).max())
+    if not n:
         return None
     order = torch.argsort((~nz).to(torch.int8), dim=-1, stable=True)[..., : m - n]
     keep = torch.zeros_like(nz).scatter_(-1, order, True)
-    return keep.view(rows, cols)
-
-
-def own_n(w: torch.Tensor, m: int) -> int | None:
-    """The largest N with at most M−N non-zeros in every group of M along a row, or None when the
-    width does not divide or some group is full."""
-    rows, cols = w.shape
-    if cols % m:
-        return None
-    n = m - int(nonzero_bits(w).view(rows, cols // m, m).sum(-1).max())
-    return n or None
+    return n, keep.view(rows, cols)
 
 
 def encode(w: torch.Tensor, nm: tuple[int, int] | None = None) -> tuple[str, dict[str, torch.Tensor]]:
     """One weight → (encoding name, tensors to store under `name.<key>`). With a model-wide N:M, the
     tensor is stored as N':M with its own N' (its fullest group decides), so mixed-N blocks stay dense-indexable."""
-    n = own_n(w, nm[1]) if nm and w.dim() == 2 else None
-    if n is not None:
-        keep = nm_keep(w, n, nm[1])
+    layout = nm_keep(w, nm[1]) if nm and w.dim() == 2 else None
+    if layout is not None:
+        n, keep = layout
         values = w[keep].view(w.shape[0], -1)
         return f"sparse-{n}:{nm[1]}-bitmask", {"compressed": values, "bitmask": pack_bits(keep),
                                                "shape": torch.tensor(w.shape)}

@@ -41,6 +41,7 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_
     if target.is_nm and owl_lambda < 0.5:
         raise UsageError(f"OWL with {target.n}:{target.m} shifts each block's N by round(λ·D̃ − mean), so λ = "
                          f"{owl_lambda:g} cannot change any block; use an integer λ such as 1 or 2 (default 2)")
+    info = {"lambda": owl_lambda}
     d = torch.tensor([m["outlier_ratio"] for m in measures], dtype=torch.float64)
     spread = d.max() - d.min()
     norm = (d - d.min()) / spread if spread > 0 else torch.zeros_like(d)
@@ -48,13 +49,12 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_
         shift = torch.round(norm * owl_lambda - (norm * owl_lambda).mean()).long()
         ns = (target.n - shift).clamp(1, target.m - 1)
         targets = {layer.name: Target(n=int(ns[layer.block]), m=target.m) for layer in layers}
-        return AllocationResult(targets, d.tolist(), "outlier_ratio", {"lambda": owl_lambda, "n_per_block": ns.tolist()})
+        return AllocationResult(targets, d.tolist(), "outlier_ratio", {**info, "n_per_block": ns.tolist()})
     scaled = norm * 2 * owl_lambda
     density = scaled - weighted_mean(scaled, block_numels(layers)) + (1 - target.sparsity)
     sparsity = 1 - density
     sparsity = torch.where(sparsity <= 0, torch.full_like(sparsity, 0.01), sparsity)
-    return AllocationResult(per_block(layers, sparsity.tolist(), target), d.tolist(), "outlier_ratio",
-                            {"lambda": owl_lambda})
+    return AllocationResult(per_block(layers, sparsity.tolist(), target), d.tolist(), "outlier_ratio", info)
 
 
 register("owl", allocate, measure, needs={"norms"})
