@@ -84,6 +84,29 @@ def versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+class LoadSampler:
+    """The machine's 1-minute load average every `every` seconds while a cell runs.
+
+    Grid rows can only see each other; the samples also catch processes outside the grid that shared
+    the cores, so the results page can leave those rows' times out."""
+
+    def __init__(self, every: float = 30.0):
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(round(os.getloadavg()[0], 2))
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _target_flags(target: str) -> list[str]:
     return ["--pattern", target] if ":" in target else ["--sparsity", target]
 
@@ -250,14 +273,14 @@ def main() -> None:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         code = versions()  # per cell: the source may change while a long grid runs
         child = {**os.environ, "OMP_NUM_THREADS": threads}
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, LoadSampler() as load:
             try:
                 row = (run_dense(setting, Path(tmp), child, a.model) if solver == "dense"
                        else run_cell(setting, solver, allocation, target, seed, Path(tmp), child, a.model))
             except subprocess.CalledProcessError as exc:
                 row = {"setting": setting, "model": a.model, "solver": solver, "allocation": allocation,
                        "target": target, "seed": seed, "error": f"exit code {exc.returncode}"}
-        row.update(started=started, versions=code,
+        row.update(started=started, versions=code, load_1min=load.samples,
                    machine={**env["machine"], "threads": threads, "jobs": a.jobs})
         with lock, out.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -111,7 +111,9 @@ def oversubscribed(raw: list[dict]) -> set[int]:
 
     A run's threads are its OMP_NUM_THREADS, or all cores for "default"; runs are placed in time by
     `started` and `wall_s` (a 2 s margin absorbs the one-second rounding of `started`). A run crowded for
-    more than 5% of its time is flagged: its wall time says more about the other runs than about itself."""
+    more than 5% of its time is flagged: its wall time says more about the other runs than about itself.
+    Rows that sampled the load average (`load_1min`, every 30 s) are also flagged when more than 10% of the
+    samples exceed the cores by half a core: something outside the grid shared the machine."""
     spans = []
     for r in raw:
         if "started" in r and r.get("wall_s") and "machine" in r:
@@ -125,6 +127,10 @@ def oversubscribed(raw: list[dict]) -> set[int]:
         crowded = sum(b - a for a, b in zip(cuts, cuts[1:])
                       if sum(n for _, s, e, n, _ in spans if s <= a < e) > cores)
         if crowded > 0.05 * (end - start):
+            busy.add(id(r))
+    for r in raw:
+        load, cores = r.get("load_1min"), r.get("machine", {}).get("cores")
+        if load and cores and sum(x > cores + 0.5 for x in load) > 0.1 * len(load):
             busy.add(id(r))
     return busy
 

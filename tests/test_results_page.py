@@ -75,3 +75,11 @@ def test_oversubscribed_flags_runs_that_shared_cores_beyond_the_machine():
     assert flagged == {id(r) for r in pair + [third]}
     alone = [timed(0, 0, 60, "default"), timed(1, 1, 60, "default")]  # back to back, all cores each
     assert results_page.oversubscribed(alone) == set()
+
+
+def test_oversubscribed_flags_a_run_whose_load_samples_show_an_outside_process():
+    quiet, crowded = _row("quick", "wanda", "0.5", 0, 1.0), _row("quick", "wanda", "0.6", 0, 1.0)
+    quiet["load_1min"] = [1.9, 2.1, 2.3, 2.0, 3.1, 2.0, 2.1, 1.8, 2.2, 2.0]  # one in ten over 2.5: a blip
+    crowded["load_1min"] = [2.0, 2.9, 3.1, 3.0, 2.2]  # a third process for most of the run
+    assert quiet["machine"]["cores"] == 2
+    assert results_page.oversubscribed([quiet, crowded]) == {id(crowded)}
