@@ -147,8 +147,8 @@ def coverage(rows: dict[tuple, dict], setting: str, busy: set[int] = frozenset()
                  f"{sum(timed) / 3600:.1f} h of process time together ({min(timed) / 60:.1f}–{max(timed) / 60:.1f} "
                  "min each)")
     if crowded:
-        line += (f"; {crowded} of them ran while the runs at the same time wanted more threads than there are "
-                 "cores, so their times are left out")
+        line += (f"; {crowded} of them ran while more threads wanted the cores than there are (other grid runs, "
+                 "or outside processes seen in their load samples), so their times are left out")
     return line + "."
 
 
