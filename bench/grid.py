@@ -4,7 +4,7 @@
     python bench/grid.py             # everything: the quick-setting grid, then the headline rows (hours)
     python bench/grid.py --model gemma3-270m --quick   # another built-in model, its own results file
 
-Settings (each row records its own, with the command, versions, machine, timings and peak memory):
+Settings (each row records its own, with the command, versions, machine, timings, peak memory and load samples):
 - smoke: 8 × 256 calibration tokens, perplexity at 256 on 16 windows; every solver at 50%, 70% and 2:4,
   and every allocation with Wanda at 70% (15 runs): checks the whole pipeline, not a result.
 - quick: 32 × 1024 calibration tokens, WikiText-2 perplexity at 1024 on the first 64 windows (the README's
