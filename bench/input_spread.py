@@ -20,29 +20,23 @@ from pathlib import Path
 import torch
 
 from prunellm.blocks import find_blocks, get_weight, prunable_layers
+from prunellm.stats import StatsCollector
 from prunellm.data import calibration_batch
 from prunellm.models import load_model
 
 
-def input_grams(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """XᵀX over all calibration tokens for every prunable layer, one dense forward of `ids`."""
+def input_grams(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
+    """Every prunable layer ("block.name") and its input's XᵀX over all calibration tokens, one dense forward."""
     stack = find_blocks(model)
-    sums, hooks = {}, []
-    for i, block in enumerate(stack.blocks):
-        for name, module in prunable_layers(block, f"{stack.path}.{i}").items():
-            key = f"{i}.{name}"
-
-            def hook(_, args, key=key):
-                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-                sums[key] = sums.get(key, 0) + x.T @ x
-
-            hooks.append(module.register_forward_pre_hook(hook))
+    layers = {f"{i}.{name}": module for i, block in enumerate(stack.blocks)
+              for name, module in prunable_layers(block, f"{stack.path}.{i}").items()}
+    collector = StatsCollector(layers, {"hessian"})
     with torch.no_grad():
         for row in ids:
             model(row[None])
-    for h in hooks:
-        h.remove()
-    return sums
+            collector.end_batch()
+    collector.remove()
+    return layers, {name: collector.get(name).xtx for name in layers}
 
 
 def compare_masks(weight: torch.Tensor, gram: torch.Tensor, sparsity: float = 0.5) -> dict[str, float]:
@@ -68,16 +62,14 @@ def main() -> None:
     model, tokenizer = load_model(a.model)
     model.eval()
     ids = calibration_batch(tokenizer, "wikitext2", a.nsamples, a.seqlen, seed=0)
-    grams = input_grams(model, ids)
-    stack = find_blocks(model)
+    modules, grams = input_grams(model, ids)
     layers = {}
-    for i, block in enumerate(stack.blocks):
-        for name, module in prunable_layers(block, f"{stack.path}.{i}").items():
-            gram = grams.pop(f"{i}.{name}").double()
-            n = gram.diagonal().sqrt()
-            masks = compare_masks(get_weight(module).double(), gram)
-            layers[f"{i}.{name}"] = {"spread": round((n.quantile(0.99) / n.median()).item(), 3),
-                                     **{k: round(v, 4) for k, v in masks.items()}}
+    for name, module in modules.items():
+        gram = grams[name].double()
+        n = gram.diagonal().sqrt()
+        masks = compare_masks(get_weight(module).double(), gram)
+        layers[name] = {"spread": round((n.quantile(0.99) / n.median()).item(), 3),
+                        **{k: round(v, 4) for k, v in masks.items()}}
     spreads = [v["spread"] for v in layers.values()]
     excesses = [v["excess"] for v in layers.values()]
     kinds = sorted({k.split(".", 1)[1] for k in layers})
