@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,20 @@ import torch
 
 import prunellm
 from prunellm.blocks import find_blocks, prunable_layers
+
+
+def layer_groups(kinds: list[str]) -> dict[str, list[str]]:
+    """Target patterns per submodule of a block ("self_attn", "mlp", ...), from the layers' names, not a fixed list.
+
+    Layers that sit directly in the block (OPT's fc1 / fc2) form the group "block".
+    """
+    groups: dict[str, list[str]] = {}
+    for kind in kinds:
+        parent = kind.rpartition(".")[0]
+        pattern = rf"re:.*\.{re.escape(parent)}\..*" if parent else rf"re:.*\.{re.escape(kind)}$"
+        if pattern not in groups.setdefault(parent or "block", []):
+            groups[parent or "block"].append(pattern)
+    return groups
 
 
 def main() -> None:
@@ -32,10 +47,9 @@ def main() -> None:
     a = p.parse_args()
     model, tok = prunellm.load_model(a.model)
     model.eval()
-    stack = find_blocks(model)
-    kinds = sorted(prunable_layers(stack.blocks[0]))
-    subsets = {"dense": None, "all": ["Linear"], "attention": [r"re:.*\.self_attn\..*"], "mlp": [r"re:.*\.mlp\..*"],
-               **{kind: [rf"re:.*\.{kind}$"] for kind in kinds}}
+    kinds = sorted(prunable_layers(find_blocks(model).blocks[0]))
+    subsets = {"dense": None, "all": ["Linear"], **layer_groups(kinds),
+               **{kind: [rf"re:.*\.{re.escape(kind)}$"] for kind in kinds}}
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     for name, targets in subsets.items():
         t0 = time.perf_counter()
