@@ -31,10 +31,16 @@ def layer_groups(kinds: list[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for kind in kinds:
         parent = kind.rpartition(".")[0]
-        pattern = rf"re:.*\.{re.escape(parent)}\..*" if parent else rf"re:.*\.{re.escape(kind)}$"
-        if pattern not in groups.setdefault(parent or "block", []):
-            groups[parent or "block"].append(pattern)
+        patterns = groups.setdefault(parent or "block", [])
+        pattern = rf"re:.*\.{re.escape(parent)}\..*" if parent else layer_pattern(kind)
+        if pattern not in patterns:
+            patterns.append(pattern)
     return groups
+
+
+def layer_pattern(kind: str) -> str:
+    """Target pattern for one layer name of a block (e.g. "mlp.down_proj"), in every block."""
+    return rf"re:.*\.{re.escape(kind)}$"
 
 
 def main() -> None:
@@ -49,7 +55,7 @@ def main() -> None:
     model.eval()
     kinds = sorted(prunable_layers(find_blocks(model).blocks[0]))
     subsets = {"dense": None, "all": ["Linear"], **layer_groups(kinds),
-               **{kind: [rf"re:.*\.{re.escape(kind)}$"] for kind in kinds}}
+               **{kind: [layer_pattern(kind)] for kind in kinds}}
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     for name, targets in subsets.items():
         t0 = time.perf_counter()
