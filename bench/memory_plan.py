@@ -24,7 +24,7 @@ GIB = 2**30
 def solver_factors() -> dict[str, float]:
     """Peak temporary bytes of each solver on one layer, per byte of its weight (wanda) or Hessian (others)."""
     from prunellm.masks import Target
-    from prunellm.memory import current_rss_mb, peak_rss_mb, reset_peak_rss, return_freed_memory
+    from prunellm.engine.memory import current_rss_mb, peak_rss_mb, reset_peak_rss, return_freed_memory
     from prunellm.solvers import SOLVERS, LayerStats
 
     n, rows = 2048, 512

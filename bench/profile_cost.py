@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import prunellm
-from prunellm.engine import _calibration_ids, model_layers
-from prunellm.profile import allocate_targets
+from prunellm.engine.loop import _calibration_ids, model_layers
+from prunellm.engine.profile import allocate_targets
 
 
 @torch.inference_mode()

@@ -31,8 +31,8 @@ import torch
 import prunellm.masks
 import prunellm.solvers.sparsegpt
 from prunellm import cli
+from prunellm.engine.stats import StatsCollector
 from prunellm.solvers import LayerStats
-from prunellm.stats import StatsCollector
 
 
 def _threshold_le(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 
 import prunellm
-from prunellm.compressed import CONFIG, WEIGHTS, compress_folder
+from prunellm.runtime.compressed import CONFIG, WEIGHTS, compress_folder
 
 
 def folder_bytes(folder: Path) -> int:

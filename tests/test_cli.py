@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunellm.cli import main
-from prunellm.save import REPORT
+from prunellm.outputs import REPORT
 
 
 def _error_line(capsys) -> str:

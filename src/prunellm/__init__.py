@@ -6,21 +6,24 @@
     ppl, windows = prunellm.perplexity(model, tok, "wikitext2", seqlen=1024, max_windows=64)
     prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50", save_format="compressed")
     model, tok = prunellm.load("out/smollm2-wanda-50")  # the same weights, dense or compressed folder
+
+Layers, bottom to top (each imports only those below it): `errors`, `outputs`, `hub`; the algorithms
+(`masks`, `solvers/`, `allocation/`); `config`, `data`; `runtime/` and `models`; `engine/` and
+`evaluation/`; the jobs on top (`save`, `from_disk`, `cli`, `plot`, this module).
 """
 
 from .allocation import ALLOCATIONS
 from .config import PruneConfig
-from .engine import prune
+from .engine.loop import prune
 from .errors import UsageError
-from .evaluate import evaluate_perplexity
+from .evaluation.perplexity import evaluate_perplexity, perplexity
+from .evaluation.zeroshot import evaluate_zeroshot
+from .from_disk import prune_from_disk
 from .masks import Target
 from .models import load_model
 from .models import load_model as load
-from .offload import prune_from_disk
-from .perplexity import perplexity
 from .save import save_pruned
 from .solvers import SOLVERS
-from .zeroshot import evaluate_zeroshot
 
 __all__ = [
     "ALLOCATIONS",

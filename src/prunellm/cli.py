@@ -39,14 +39,14 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_perplexity
+    from .evaluation.perplexity import evaluate_perplexity
     from .models import load_model
-    from .report import format_table, write_json
+    from .outputs import format_table, write_json
 
     name = _model_name(args)
     ppl = args.ppl if args.ppl is not None else ([] if args.tasks else ["wikitext2"])
     if args.tasks:
-        from .zeroshot import task_configs
+        from .evaluation.zeroshot import task_configs
 
         task_configs(args.tasks, args.data_dir)  # unknown task names fail before the model loads
     model, tokenizer = load_model(name, dtype=args.dtype)
@@ -57,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows = [[ds, value] for ds, value in result["perplexity"].items()]
         print(format_table(["dataset", f"perplexity (seqlen {args.seqlen})"], rows))
     if args.tasks:
-        from .zeroshot import evaluate_zeroshot, zeroshot_rows
+        from .evaluation.zeroshot import evaluate_zeroshot, zeroshot_rows
 
         result["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.tasks, args.limit, args.batch_size,
                                                args.data_dir)
@@ -130,7 +130,7 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
 
 def _resolve_once(name: str) -> str:
     """Resolve (and on first use convert) the model on rank 0 before the other processes read it."""
-    from . import distributed
+    from .engine import distributed
     from .models import resolve_model
 
     source = resolve_model(name) if distributed.is_main() else None
@@ -141,28 +141,28 @@ def _resolve_once(name: str) -> str:
 def _cmd_prune(args: argparse.Namespace) -> int:
     import os
 
-    from . import distributed
+    from .engine import distributed
 
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _relaunch(args.nproc, args.argv)
     distributed.init_from_env()
-    from .engine import prune
-    from .evaluate import evaluate_perplexity
+    from .engine.loop import prune
+    from .evaluation.perplexity import evaluate_perplexity
     from .models import load_model
-    from .report import format_table
-    from .save import check_output, save_pruned
+    from .outputs import check_output, format_table
+    from .save import save_pruned
 
     config = _prune_config(args)
     check_output(args.output, args.overwrite)
     if args.eval_tasks:
-        from .zeroshot import task_configs
+        from .evaluation.zeroshot import task_configs
 
         task_configs(args.eval_tasks, config.data_dir)
     name = _model_name(args)
     source = _resolve_once(name)
     offload = args.offload
     if offload == "auto":
-        from .offload import should_offload
+        from .engine.offload import should_offload
 
         offload = "disk" if Path(source).is_dir() and should_offload(source, DTYPES[args.dtype]) else "none"
         if offload == "disk" and distributed.is_main():
@@ -189,7 +189,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if dense:
             report["perplexity_dense"] = dense["perplexity"]
     if args.eval_tasks:
-        from .zeroshot import evaluate_zeroshot, zeroshot_rows
+        from .evaluation.zeroshot import evaluate_zeroshot, zeroshot_rows
 
         report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
                                                data_dir=config.data_dir)
@@ -212,9 +212,9 @@ def _print_pruned(report: dict, name: str, config) -> None:
 
 
 def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str) -> int:
-    from . import distributed
-    from .compressed import is_compressed
-    from .offload import prune_from_disk
+    from .engine import distributed
+    from .runtime.compressed import is_compressed
+    from .from_disk import prune_from_disk
 
     if args.eval_ppl or args.eval_tasks or args.eval_dense:
         raise UsageError("--offload disk never holds the whole model, so it cannot evaluate it: "
@@ -235,8 +235,8 @@ def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str) -
 def _cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
-    from .compressed import compress_folder
-    from .report import format_table
+    from .runtime.compressed import compress_folder
+    from .outputs import format_table
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     config = compress_folder(args.folder, args.output, dtype=dtype, overwrite=args.overwrite)
@@ -261,8 +261,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .models import load_model
-    from .sparse_linear import sparsify
-    from .speed import greedy
+    from .runtime.sparse_linear import sparsify
+    from .runtime.speed import greedy
 
     model, tokenizer = load_model(args.folder, dtype=args.dtype)
     replaced = [] if args.dense else sparsify(model)
@@ -278,8 +278,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .report import format_table, write_json
-    from .speed import compare
+    from .outputs import format_table, write_json
+    from .runtime.speed import compare
 
     model, tokenizer = load_model(args.folder, dtype=args.dtype)
     ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 20), return_tensors="pt").input_ids[:, : args.prompt_tokens]

@@ -21,6 +21,7 @@ import torch
 
 from .errors import UsageError
 from .hub import hub_reachable
+from .runtime.compressed import is_compressed, load_compressed
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     source = resolve_model(name_or_path)
-    from .compressed import is_compressed, load_compressed
-
     if is_compressed(source):
         model, tokenizer = load_compressed(source, dtype)
         return model.to(device), tokenizer

@@ -1,73 +1,14 @@
 """Layer-wise sparsity allocation: how sparse each layer should be for an overall target.
 
-An allocation is one file that calls `register`. It declares what it needs from the profiling pass
-(`needs`: input statistics of every layer, gathered on the dense model one block at a time; empty for
-data-free methods), a `measure` run per block on that block's weights and statistics, and an
-`allocate` that turns all blocks' measures into a per-layer `Target`.
+An allocation is one file that calls `base.register`, plus its name in the import line below. It
+declares what it needs from the profiling pass (`needs`: input statistics of every layer, gathered on
+the dense model one block at a time; empty for data-free methods), a `measure` run per block on that
+block's weights and statistics, and an `allocate` that turns all blocks' measures into a per-layer `Target`.
+
+Imports only `masks`, `errors` and the solvers (their statistics and scores): tensors in, targets out.
 """
 
-from __future__ import annotations
+from . import alpha, als, owl, uniform  # noqa: F401  (each registers itself)
+from .base import ALLOCATIONS, Allocation, AllocationResult, LayerInfo, register
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch
-
-from ..masks import Target
-from ..solvers import LayerStats
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One prunable layer as the allocation sees it."""
-
-    name: str
-    block: int
-    component: str  # name inside the block, e.g. "self_attn.q_proj"
-    numel: int
-
-
-@dataclass
-class AllocationResult:
-    targets: dict[str, Target]
-    block_stat: list[float]  # the per-block statistic the allocation came from (for reports and plots)
-    stat_name: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-MeasureFn = Callable[..., dict]  # (weights: {name: W}, stats: {name: LayerStats} | None, **options) -> measures
-AllocateFn = Callable[..., AllocationResult]  # (layers, measures per block, target, **options)
-
-
-@dataclass(frozen=True)
-class Allocation:
-    name: str
-    measure: MeasureFn | None
-    allocate: AllocateFn
-    needs: frozenset[str]
-
-
-ALLOCATIONS: dict[str, Allocation] = {}
-
-
-def register(name: str, allocate: AllocateFn, measure: MeasureFn | None = None, needs: set[str] = frozenset()):
-    ALLOCATIONS[name] = Allocation(name, measure, allocate, frozenset(needs))
-
-
-def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
-    return float((values.double() * weights.double()).sum() / weights.double().sum())
-
-
-def per_block(layers: list[LayerInfo], block_values: list[float], target: Target) -> dict[str, Target]:
-    """Give every layer of block b the unstructured ratio block_values[b]."""
-    return {layer.name: Target(sparsity=float(block_values[layer.block])) for layer in layers}
-
-
-def block_numels(layers: list[LayerInfo]) -> torch.Tensor:
-    counts = torch.zeros(max(layer.block for layer in layers) + 1, dtype=torch.float64)
-    for layer in layers:
-        counts[layer.block] += layer.numel
-    return counts
-
-
-from . import alpha, als, owl, uniform  # noqa: E402,F401  (registration side effects)
+__all__ = ["ALLOCATIONS", "Allocation", "AllocationResult", "LayerInfo", "register"]

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UsageError
 from ..masks import Target
-from . import AllocationResult, LayerInfo, register
+from .base import AllocationResult, LayerInfo, register
 
 DEFAULT_EPSILON = 0.3  # the paper's spread
 

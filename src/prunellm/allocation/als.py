@@ -19,7 +19,7 @@ from scipy.optimize import linprog
 
 from ..errors import UsageError
 from ..masks import Target
-from . import AllocationResult, LayerInfo, register
+from .base import AllocationResult, LayerInfo, register
 
 
 def normalize(x: torch.Tensor, weight: torch.Tensor | None, mode: str) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 
 from ..errors import UsageError
 from ..masks import Target
-from ..solvers import LayerStats
+from ..solvers.base import LayerStats
 from ..solvers.wanda import wanda_scores
-from . import AllocationResult, LayerInfo, block_numels, per_block, register, weighted_mean
+from .base import AllocationResult, LayerInfo, block_numels, per_block, register, weighted_mean
 
 
 def outlier_ratio(weights: dict[str, torch.Tensor], stats: dict[str, LayerStats], owl_m: float = 5.0) -> float:

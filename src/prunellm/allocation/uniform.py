@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..masks import Target
-from . import AllocationResult, LayerInfo, register
+from .base import AllocationResult, LayerInfo, register
 
 
 def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, **_) -> AllocationResult:

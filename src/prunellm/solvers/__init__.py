@@ -1,72 +1,13 @@
 """Per-layer solvers: pure functions from (weight, statistics, target) to a pruned weight and mask.
 
-A solver is one file that calls `register`; `SOLVERS[name]` finds it. Statistics it needs are
-declared so the engine only gathers what is used ("norms": Σ x_j² per input, "hessian": Σ x xᵀ;
-"features": a fixed token subsample of the inputs, used by allocations).
+A solver is one file that calls `base.register`, plus its name in the import line below; `SOLVERS[name]`
+finds it. It declares the statistics it needs, so the engine gathers only those ("norms": Σ x_j² per
+input, "hessian": Σ x xᵀ; "features": a fixed token subsample of the inputs, used by allocations).
+
+Imports only `masks` and `errors`: tensors in, masks and weights out; no model, no engine.
 """
 
-from __future__ import annotations
+from . import magnitude, mrp, sparsegpt, wanda  # noqa: F401  (each registers itself)
+from .base import SOLVERS, LayerStats, PruneResult, Solver, SolverFn, register
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
-
-import torch
-
-from ..masks import Target
-
-
-@dataclass
-class LayerStats:
-    """Calibration statistics of one linear layer's input, accumulated in float64 / float32."""
-
-    sq_norms: torch.Tensor | None = None  # Σ_tokens x_j², float64, (in,)
-    xtx: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32, (in, in)
-    features: torch.Tensor | None = None  # a fixed strided subsample of input rows, (≤F, in) (allocations)
-    tokens: int = 0
-    samples: int = 0
-
-    def hessian(self) -> torch.Tensor:
-        """SparseGPT's H = (2 / samples) Σ x xᵀ."""
-        if self.xtx is None:
-            raise ValueError("no Hessian was gathered for this layer")
-        return self.xtx * (2.0 / max(self.samples, 1))
-
-    def row_scalars(self) -> torch.Tensor:
-        """Wanda's scaler_row: Σ_tokens x_j² averaged over calibration samples."""
-        if self.sq_norms is None:
-            raise ValueError("no input norms were gathered for this layer")
-        return (self.sq_norms / max(self.samples, 1)).float()
-
-
-@dataclass
-class PruneResult:
-    weight: torch.Tensor  # pruned (and possibly updated) weight, float32, (out, in)
-    mask: torch.Tensor  # True where pruned
-    info: dict = field(default_factory=dict)  # solver-specific numbers for the report (e.g. loss)
-
-
-class SolverFn(Protocol):
-    def __call__(self, weight: torch.Tensor, stats: LayerStats, target: Target, **options) -> PruneResult: ...
-
-
-@dataclass(frozen=True)
-class Solver:
-    name: str
-    fn: SolverFn
-    needs: frozenset[str]  # subset of {"norms", "hessian"}
-
-
-SOLVERS: dict[str, Solver] = {}
-
-
-def register(name: str, needs: set[str] | frozenset[str] = frozenset()) -> Callable[[SolverFn], SolverFn]:
-    """Decorator: add a solver function to the registry under `name`."""
-
-    def wrap(fn: SolverFn) -> SolverFn:
-        SOLVERS[name] = Solver(name, fn, frozenset(needs))
-        return fn
-
-    return wrap
-
-
-from . import magnitude, mrp, sparsegpt, wanda  # noqa: E402,F401  (registration side effects)
+__all__ = ["SOLVERS", "LayerStats", "PruneResult", "Solver", "SolverFn", "register"]

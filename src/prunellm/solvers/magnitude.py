@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..masks import Target, select
-from . import LayerStats, PruneResult, register
+from .base import LayerStats, PruneResult, register
 
 
 @register("magnitude")

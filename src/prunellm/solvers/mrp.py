@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UsageError
 from ..masks import Target, lowest_k
-from . import LayerStats, PruneResult, register
+from .base import LayerStats, PruneResult, register
 from .sparsegpt import inverse_hessian_factor, prepare_hessian
 
 ROW_CHUNK = 512  # rows solved per batched call, bounds the (rows × q × q) workspace

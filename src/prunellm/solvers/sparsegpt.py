@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..masks import Target, lowest_k
-from . import LayerStats, PruneResult, register
+from .base import LayerStats, PruneResult, register
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, dampening_frac: float) -> tuple[torch.Tensor, float]:

@@ -3,6 +3,7 @@
 `load()` compiles `bitmask_matmul.cpp` with torch.utils.cpp_extension (ninja, the machine's C++
 compiler, -O3 -march=native) into PyTorch's extension cache, and returns None, with the reason in
 `load_error()`, when that is impossible (no compiler, no ninja): callers then use the pure-PyTorch path.
+Imports nothing else of prunellm.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import torch
 
 import prunellm
 from conftest import calib_ids, tiny_model
-from prunellm import kernels
-from prunellm.sparse_linear import KERNEL_MAX_TOKENS, SparseLinear, sparsify
+from prunellm.runtime import kernels
+from prunellm.runtime.sparse_linear import KERNEL_MAX_TOKENS, SparseLinear, sparsify
 
 
 def _sparse_weight(rows, cols, sparsity, seed=0):

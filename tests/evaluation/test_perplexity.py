@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_model
 from prunellm.errors import UsageError
-from prunellm.perplexity import perplexity_of_tokens, windows
+from prunellm.evaluation.perplexity import perplexity_of_tokens, windows
 
 
 def test_windows_drop_the_remainder_and_cap():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import ARCHS, calib_ids, tiny_model
 from prunellm import PruneConfig, prune, prune_from_disk
-from prunellm.activations import DiskActivations, activation_store
+from prunellm.engine.activations import DiskActivations, activation_store
 from prunellm.cli import main
 from prunellm.errors import UsageError
 from prunellm.models import load_model
@@ -73,7 +73,7 @@ def test_disk_activations_round_trip_and_clean_up(tmp_path):
 _MEMORY_CHILD = textwrap.dedent('''
     import json, resource, sys, torch
     from prunellm import PruneConfig, prune, prune_from_disk
-    from prunellm.memory import peak_rss_mb, reset_peak_rss, current_rss_mb
+    from prunellm.engine.memory import peak_rss_mb, reset_peak_rss, current_rss_mb
     import transformers as T
 
     src, out, limit_mb = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -16,18 +16,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..allocation import ALLOCATIONS
+from ..config import PruneConfig
+from ..data import calibration_batch
+from ..errors import UsageError
+from ..masks import Target
+from ..solvers import SOLVERS, LayerStats, PruneResult
 from . import distributed
 from .activations import activation_store
 from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
-from .calibration import BlockStream
-from .config import PruneConfig
-from .data import calibration_batch
-from .errors import UsageError
-from .masks import Target
 from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
 from .offload import InMemory
-from .allocation import ALLOCATIONS
-from .solvers import SOLVERS, LayerStats, PruneResult
+from .profile import allocate_targets
+from .stream import BlockStream
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def prune(
     t_start = time.perf_counter()
     allocation = None
     if layer_targets is None and config.allocation != "uniform":
-        from .profile import allocate_targets
-
         needs_data = solver.needs or ALLOCATIONS[config.allocation].needs
         if needs_data and calibration_ids is None:
             calibration_ids = _calibration_ids(tokenizer, config)

@@ -5,12 +5,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ARCHS, calib_ids, tiny_model
-from prunellm.blocks import find_blocks, prunable_layers
-from prunellm.capture import capture_inputs, run_block
+from prunellm.engine.blocks import find_blocks, prunable_layers
+from prunellm.engine.capture import capture_inputs, run_block
 from prunellm.config import PruneConfig
-from prunellm.engine import prune
+from prunellm.engine.loop import prune
 from prunellm.errors import UsageError
-from prunellm.save import REPORT, save_pruned
+from prunellm.outputs import REPORT
+from prunellm.save import save_pruned
 
 EXPECTED_LAYERS = {
     "llama": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -1,7 +1,7 @@
-"""Prune models larger than memory: one block materialized at a time from the safetensors shards.
+"""Where the blocks live while the engine runs: all in memory, or one at a time from the safetensors shards.
 
-The model is built as a skeleton on the meta device (accelerate's `init_empty_weights`; buffers such
-as rotary frequencies stay real). `DiskResidency` loads a block's tensors from the checkpoint just
+`InMemory` is an ordinary loaded model. For models larger than memory (`from_disk.prune_from_disk`), the
+model is built as a skeleton on the meta device (buffers such as rotary frequencies stay real). `DiskResidency` loads a block's tensors from the checkpoint just
 before the engine runs it and, once the engine is done with it, writes the pruned block to its own
 output shard and returns it to meta. Modules before the blocks (embeddings) are loaded on first call
 during input capture and released right after. Peak memory is one block, its calibration
@@ -19,8 +19,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .blocks import BlockStack
-from .errors import UsageError
 from .memory import available_mb, return_freed_memory
 
 INDEX = "model.safetensors.index.json"
@@ -238,53 +238,3 @@ class DiskResidency:
             source = self.checkpoint.folder / name
             if source.is_file():
                 shutil.copy2(source, self.output / name)
-
-
-def prune_from_disk(
-    folder: str | Path,
-    output: str | Path,
-    config=None,
-    dtype: str = "float32",
-    *,
-    tokenizer=None,
-    calibration_ids: torch.Tensor | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    activations: str = "auto",
-    spill_dir: str | Path | None = None,
-) -> dict:
-    """Prune the safetensors model in `folder` block by block into `output` without ever loading it whole.
-
-    The output is a sharded Hugging Face folder (one shard per block) with prune_report.json; written
-    atomically by rank 0 when several processes take part. Returns the report.
-    """
-    from contextlib import nullcontext
-
-    from . import distributed
-    from .blocks import find_blocks
-    from .engine import prune
-    from .models import DTYPES
-    from .save import REPORT, RECIPE, atomic_folder
-    from .report import write_json
-
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    checkpoint = Checkpoint(folder)
-    model, own_tokenizer = skeleton(folder, DTYPES[dtype])
-    tokenizer = tokenizer or own_tokenizer
-    stack = find_blocks(model)
-    writer = atomic_folder(output, overwrite) if distributed.is_main() else nullcontext(None)
-    with writer as staging:
-        residency = DiskResidency(model, stack, checkpoint, DTYPES[dtype], staging)
-        report = prune(model, tokenizer, config, calibration_ids=calibration_ids, progress=progress,
-                       residency=residency, activations=activations,
-                       spill_dir=str(spill_dir) if spill_dir else None)
-        report = {"model": str(folder), "dtype": dtype, **report, "offload": "disk"}
-        if staging is not None:
-            import yaml
-
-            residency.finish()
-            (staging / RECIPE).write_text(yaml.safe_dump(report.get("config", {}), sort_keys=False))
-            write_json(staging / REPORT, report)
-    distributed.barrier()
-    return report

@@ -6,7 +6,7 @@ import pytest
 
 from prunellm.cli import main
 from prunellm.errors import UsageError
-from prunellm.zeroshot import KNOWN_TASKS, task_configs
+from prunellm.evaluation.zeroshot import KNOWN_TASKS, task_configs
 
 
 def test_eval_two_tasks_json_shape(tiny_folder, shared_data, tmp_path, capsys):

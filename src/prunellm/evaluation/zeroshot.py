@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
-from .data import data_dirs
-from .errors import UsageError
+from ..data import data_dirs
+from ..errors import UsageError
 
 # The seven tasks the pruning papers average (Wanda, SparseGPT, OWL tables).
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -115,7 +115,7 @@ def evaluate_zeroshot(
 
 
 def zeroshot_rows(result: dict) -> list[list]:
-    """Table rows (task, acc, acc_norm, stderr, samples) for `report.format_table`."""
+    """Table rows (task, acc, acc_norm, stderr, samples) for `outputs.format_table`."""
     rows = [[name, r.get("acc", "-"), r.get("acc_norm", "-"), r.get("acc_stderr", "-"), r.get("samples", "-")]
             for name, r in result["tasks"].items()]
     if result["mean_acc"] is not None:

@@ -13,15 +13,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from .errors import UsageError
+from ..errors import UsageError
 
-try:
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency, but keep discovery importable
-    Conv1D = ()  # type: ignore[assignment]
-
-PRUNABLE = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+PRUNABLE = (nn.Linear, Conv1D)
 
 
 @dataclass

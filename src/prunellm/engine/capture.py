@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .activations import MemoryActivations
 from .blocks import BlockStack
 
 
@@ -70,8 +71,6 @@ def capture_inputs(model: nn.Module, stack: BlockStack, ids: torch.Tensor, batch
     """Run the model up to its blocks on `ids` (N × T) in chunks and record every block's inputs.
 
     Block 0's hidden states go to `store` (default: a list in memory)."""
-    from .activations import MemoryActivations
-
     device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
     result = BlockInputs(hidden=store if store is not None else MemoryActivations(), calls=[[] for _ in stack.blocks])
     seen: list[list[Call]] = [[] for _ in stack.blocks]

@@ -1,4 +1,7 @@
-"""Perplexity by the standard pruning protocol: non-overlapping windows, exp of the mean token NLL."""
+"""Perplexity by the standard pruning protocol: non-overlapping windows, exp of the mean token NLL.
+
+`perplexity` scores one dataset, `evaluate_perplexity` several (the CLI's `--ppl a,b`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import eval_tokens
-from .errors import UsageError
+from ..data import eval_tokens
+from ..errors import UsageError
 
 
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -64,3 +67,19 @@ def perplexity(
     """Perplexity of `model` on a dataset's test split by the standard protocol; returns (ppl, windows)."""
     ids = eval_tokens(tokenizer, dataset, seqlen, data_dir)
     return perplexity_of_tokens(model, ids, seqlen, max_windows, batch_size, desc=f"{dataset} ppl")
+
+
+def evaluate_perplexity(
+    model,
+    tokenizer,
+    datasets: list[str],
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    data_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Perplexity on each dataset; returns `{"perplexity": {...}, "seqlen": ..., "windows": {...}}`."""
+    ppl, counts = {}, {}
+    for name in datasets:
+        ppl[name], counts[name] = perplexity(model, tokenizer, name, seqlen, max_windows, batch_size, data_dir)
+    return {"perplexity": ppl, "seqlen": seqlen, "windows": counts}

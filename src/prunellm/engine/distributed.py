@@ -14,8 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
-from .solvers import LayerStats
+from ..errors import UsageError
+from ..solvers import LayerStats
 
 
 def is_active() -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from . import kernels
-from .blocks import Conv1D
 from .compressed import nonzero_bits, pack_bits, unpack_bits
 
 KERNEL_MAX_TOKENS = 16  # above this many rows of input, decompress + dense matmul wins (measured: bench/)

@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..outputs import REPORT, atomic_folder
 
 CONFIG = "sparse_config.json"
 WEIGHTS = "model.sparse.safetensors"
@@ -144,7 +145,7 @@ def _read_dense_folder(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _structure(folder: Path) -> tuple[int, int] | None:
-    report = folder / "prune_report.json"
+    report = folder / REPORT
     if not report.exists():
         return None
     text = json.loads(report.read_text()).get("config", {}).get("mask_structure", "0:0")
@@ -177,8 +178,6 @@ def compress_in_place(folder: Path) -> dict:
 def compress_folder(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None,
                     overwrite: bool = False) -> dict:
     """Write a compressed copy of a dense model folder (atomically); returns the sparse config."""
-    from .save import atomic_folder
-
     src = Path(src)
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")

@@ -9,7 +9,7 @@ import torch
 import prunellm
 from conftest import ARCHS, calib_ids, tiny_model
 from prunellm.cli import main
-from prunellm.compressed import (CONFIG, WEIGHTS, compress_folder, decode, encode, load_state, pack_bits,
+from prunellm.runtime.compressed import (CONFIG, WEIGHTS, compress_folder, decode, encode, load_state, pack_bits,
                                  unpack_bits)
 
 

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .allocation import ALLOCATIONS, AllocationResult, LayerInfo
+from ..allocation import ALLOCATIONS, AllocationResult, LayerInfo
+from ..config import PruneConfig
 from .blocks import get_weight
-from .calibration import BlockStream
-from .config import PruneConfig
+from .offload import InMemory
+from .stream import BlockStream
 
 
 def layer_infos(stack_path: str, per_block: list[dict[str, nn.Module]]) -> list[LayerInfo]:
@@ -43,8 +44,6 @@ def allocate_targets(
     """Per-layer targets from `config.allocation`; returns the result and the profiling seconds.
 
     `residency` and `activations` are the engine's (offloaded blocks, spilled activations)."""
-    from .offload import InMemory
-
     residency = residency or InMemory()
     allocation = ALLOCATIONS[config.allocation]
     options = config.allocation_options()

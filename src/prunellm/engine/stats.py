@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .solvers import LayerStats
+from ..solvers import LayerStats
 
 
 class StatsCollector:

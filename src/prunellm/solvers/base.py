@@ -1,0 +1,65 @@
+"""What every solver shares: the statistics it reads, the result it returns, and the registry it joins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from ..masks import Target
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one linear layer's input, accumulated in float64 / float32."""
+
+    sq_norms: torch.Tensor | None = None  # Σ_tokens x_j², float64, (in,)
+    xtx: torch.Tensor | None = None  # Σ_tokens x xᵀ, float32, (in, in)
+    features: torch.Tensor | None = None  # a fixed strided subsample of input rows, (≤F, in) (allocations)
+    tokens: int = 0
+    samples: int = 0
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's H = (2 / samples) Σ x xᵀ."""
+        if self.xtx is None:
+            raise ValueError("no Hessian was gathered for this layer")
+        return self.xtx * (2.0 / max(self.samples, 1))
+
+    def row_scalars(self) -> torch.Tensor:
+        """Wanda's scaler_row: Σ_tokens x_j² averaged over calibration samples."""
+        if self.sq_norms is None:
+            raise ValueError("no input norms were gathered for this layer")
+        return (self.sq_norms / max(self.samples, 1)).float()
+
+
+@dataclass
+class PruneResult:
+    weight: torch.Tensor  # pruned (and possibly updated) weight, float32, (out, in)
+    mask: torch.Tensor  # True where pruned
+    info: dict = field(default_factory=dict)  # solver-specific numbers for the report (e.g. loss)
+
+
+class SolverFn(Protocol):
+    def __call__(self, weight: torch.Tensor, stats: LayerStats, target: Target, **options) -> PruneResult: ...
+
+
+@dataclass(frozen=True)
+class Solver:
+    name: str
+    fn: SolverFn
+    needs: frozenset[str]  # subset of {"norms", "hessian"}
+
+
+SOLVERS: dict[str, Solver] = {}
+
+
+def register(name: str, needs: set[str] | frozenset[str] = frozenset()) -> Callable[[SolverFn], SolverFn]:
+    """Decorator: add a solver function to the registry under `name`."""
+
+    def wrap(fn: SolverFn) -> SolverFn:
+        SOLVERS[name] = Solver(name, fn, frozenset(needs))
+        return fn
+
+    return wrap
+
