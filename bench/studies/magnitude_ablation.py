@@ -1,12 +1,12 @@
 """Which layers break a model under magnitude pruning: prune one kind of layer at a time, measure perplexity.
 
 Magnitude pruning at 50% costs Gemma-3-270M 425 × its dense perplexity and SmolLM2 23 × (quick grid), while each layer's
-own output error is alike on both (bench/input_spread.py). Pruning only the attention layers, only the MLP, or
+own output error is alike on both (bench/studies/input_spread.py). Pruning only the attention layers, only the MLP, or
 only one projection (in every block) finds where the damage comes from. One model load; the weights are
 restored between runs. WikiText-2 perplexity at 1024 on the first `--windows` test windows.
 
-    python bench/magnitude_ablation.py --model gemma3-270m --out bench/results/magnitude_ablation.jsonl
-    python bench/magnitude_ablation.py --model smollm2-135m --out bench/results/magnitude_ablation.jsonl
+    python bench/studies/magnitude_ablation.py --model gemma3-270m --out bench/results/magnitude_ablation.jsonl
+    python bench/studies/magnitude_ablation.py --model smollm2-135m --out bench/results/magnitude_ablation.jsonl
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import prunellm
-from prunellm.blocks import find_blocks, prunable_layers
+from prunellm.engine.blocks import find_blocks, prunable_layers
 
 
 def layer_groups(kinds: list[str]) -> dict[str, list[str]]:

@@ -6,8 +6,8 @@ on a few calibration windows of the dense model, the spread of ‖X_j‖ (99th p
 the Wanda-score mass that magnitude's per-row 50% mask removes, over the least removable (Wanda's own mask),
 and the relative output error ‖ΔW X‖ / ‖W X‖ of either mask (no weight update), per layer.
 
-    python bench/input_spread.py --model smollm2-135m --out bench/results/input_spread.jsonl
-    python bench/input_spread.py --model gemma3-270m --out bench/results/input_spread.jsonl
+    python bench/studies/input_spread.py --model smollm2-135m --out bench/results/input_spread.jsonl
+    python bench/studies/input_spread.py --model gemma3-270m --out bench/results/input_spread.jsonl
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from prunellm.blocks import find_blocks, get_weight, prunable_layers
-from prunellm.stats import StatsCollector
 from prunellm.data import calibration_batch
+from prunellm.engine.blocks import find_blocks, get_weight, prunable_layers
+from prunellm.engine.stats import StatsCollector
 from prunellm.models import load_model
 
 

@@ -4,7 +4,7 @@ A group of M consecutive inputs of a row ties at the N:M boundary when its N-th 
 |w| are equal; which of them survives is then up to the tie rule. GGUF dequantization makes many weights
 in a row exactly equal, so this happens far more often than in float-trained weights.
 
-    python bench/weight_ties.py --out bench/results/weight_ties_smollm2.json
+    python bench/studies/weight_ties.py --out bench/results/weight_ties_smollm2.json
 """
 
 from __future__ import annotations
