@@ -5,7 +5,8 @@ declares what it needs from the profiling pass (`needs`: input statistics of eve
 the dense model one block at a time; empty for data-free methods), a `measure` run per block on that
 block's weights and statistics, and an `allocate` that turns all blocks' measures into a per-layer `Target`.
 
-Imports only `masks`, `errors` and the solvers (their statistics and scores): tensors in, targets out.
+Imports only `masks`, `errors`, `devices` and the solvers (their statistics and scores): tensors in,
+targets out; measures run on the device of the weights, the allocation itself on the CPU.
 """
 
 from . import alpha, als, owl, uniform  # noqa: F401  (each registers itself)

@@ -25,10 +25,10 @@ def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:
     hist = torch.log10(eigs)
     lo, hi = hist.min(), hist.max()
     counts = torch.histc(hist, bins, min=float(lo), max=float(hi))
-    edges = torch.linspace(float(lo), float(hi), bins + 1)
+    edges = torch.linspace(float(lo), float(hi), bins + 1, device=eigs.device)
     xmin_peak = 10 ** edges[torch.argmax(counts)]
     xmin_min, xmin_max = torch.log10(0.95 * xmin_peak), 1.5 * xmin_peak  # as in the reference
-    alphas, ds = torch.zeros(n_all - 1), torch.ones(n_all - 1)
+    alphas, ds = torch.zeros(n_all - 1, device=eigs.device), torch.ones(n_all - 1, device=eigs.device)
     for i, xmin in enumerate(eigs[:-1]):
         if xmin < xmin_min:
             continue
@@ -38,7 +38,7 @@ def esd_alpha(weight: torch.Tensor, bins: int = 100) -> float:
         a = 1 + n / (log_eigs[i:].sum() - n * log_eigs[i])
         alphas[i] = a
         if a > 1:
-            seq = torch.arange(n)
+            seq = torch.arange(n, device=eigs.device)
             ds[i] = torch.max(torch.abs(1 - (eigs[i:] / xmin) ** (-a + 1) - seq / n))
     return float(alphas[torch.argmin(ds)])
 
@@ -67,8 +67,8 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, alph
     if target.is_nm:
         raise UsageError("AlphaPruning allocates unstructured ratios; use --sparsity with --allocation alpha")
     block_alpha = [sum(m["alpha"].values()) / len(m["alpha"]) for m in measures]
-    scores = torch.tensor([block_alpha[layer.block] for layer in layers], dtype=torch.float64)
-    numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64)
+    scores = torch.tensor([block_alpha[layer.block] for layer in layers], dtype=torch.float64, device="cpu")
+    numel = torch.tensor([layer.numel for layer in layers], dtype=torch.float64, device="cpu")
     spread = scores.max() - scores.min()
     norm = (scores - scores.min()) / spread if spread > 0 else torch.zeros_like(scores)
     epsilon = alpha_epsilon

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
+from ..devices import wide_float
 from ..errors import UsageError
 from ..masks import Target
 from .base import AllocationResult, LayerInfo, register
@@ -25,13 +26,13 @@ from .base import AllocationResult, LayerInfo, register
 def normalize(x: torch.Tensor, weight: torch.Tensor | None, mode: str) -> torch.Tensor:
     """Features per `mode`: "none", "feature" (zero-mean, unit-norm columns), "feature+weight" (then
     each input feature scaled by the norm of the weight column that reads it, normalised to mean 1)."""
-    x = x.double()
+    x = x.to(wide_float(x.device))
     if mode == "none":
         return x
     x = x - x.mean(0)
     x = x / x.norm(dim=0).clamp_min(1e-12)
     if mode == "feature+weight" and weight is not None:
-        col = weight.double().norm(dim=0)
+        col = weight.to(x.dtype).norm(dim=0)
         x = x * (col / col.mean().clamp_min(1e-12))
     return x
 
@@ -44,7 +45,7 @@ def redundancy(grams: list[torch.Tensor]) -> torch.Tensor:
     """RM matrix (uncentred linear CKA) from token-Gram matrices."""
     flat = torch.stack([g.flatten() for g in grams])
     inner = flat @ flat.T
-    norms = inner.diagonal().sqrt().clamp_min(1e-300)
+    norms = inner.diagonal().sqrt().clamp_min(torch.finfo(inner.dtype).tiny)
     return inner / norms[:, None] / norms[None, :]
 
 
@@ -58,7 +59,7 @@ def importance(rm: torch.Tensor, decreasing: str = "mu") -> torch.Tensor:
 
 def suffix_mean(w: torch.Tensor) -> torch.Tensor:
     """ω̄_i = mean of ω_j for j ≥ i (the paper's Eq. 5, from OMPQ)."""
-    return w.flip(0).cumsum(0).flip(0) / torch.arange(len(w), 0, -1, dtype=w.dtype)
+    return w.flip(0).cumsum(0).flip(0) / torch.arange(len(w), 0, -1, dtype=w.dtype, device=w.device)
 
 
 def solve_lp(weights: np.ndarray, sizes: np.ndarray, target: float, lo: float, hi: float,
@@ -111,9 +112,10 @@ def default_bounds(sparsity: float) -> tuple[float, float]:
 def features(x: torch.Tensor, w: torch.Tensor, kind: str) -> torch.Tensor:
     """The features ALS compares: the layer's input, its output x Wᵀ, or that output through SiLU ("gate",
     the SwiGLU gate's form; the paper names the option without defining it, so this is a reconstruction)."""
+    wide = wide_float(x.device)
     if kind == "input":
-        return x.double()
-    out = x.double() @ w.double().T
+        return x.to(wide)
+    out = x.to(wide) @ w.to(wide).T
     return torch.nn.functional.silu(out) if kind == "gate" else out
 
 
@@ -138,7 +140,7 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, als_
     block_rm = redundancy([measures[b]["grams"][by_block[b][0].name] for b in blocks])
     block_w = suffix_mean(importance(block_rm, als_decreasing))
     block_sizes = np.array([sum(l.numel for l in by_block[b]) for b in blocks])
-    block_s = solve_lp(block_w.numpy(), block_sizes, target.sparsity, lo, hi, als_granularity, sparser)
+    block_s = solve_lp(block_w.cpu().numpy(), block_sizes, target.sparsity, lo, hi, als_granularity, sparser)
     targets = {}
     for b, sb in zip(blocks, block_s):
         comps = by_block[b]
@@ -147,7 +149,7 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, als_
         sizes = np.array([l.numel for l in comps])
         # the per-layer bounds hold for every linear, not only for blocks: a spread around the block's
         # ratio alone let a block at the upper bound push its MLP to 99% (measured on SmolLM2 at 70%)
-        s = solve_lp(w.numpy(), sizes, float(sb), lo, hi, als_granularity, sparser)
+        s = solve_lp(w.cpu().numpy(), sizes, float(sb), lo, hi, als_granularity, sparser)
         targets.update({l.name: Target(sparsity=float(v)) for l, v in zip(comps, s)})
     rho = (block_rm.sum(1) - block_rm.diagonal()).tolist()
     return AllocationResult(targets, rho, "redundancy_sum", {"block_sparsity": block_s.tolist(), "bounds": [lo, hi]})

@@ -57,7 +57,7 @@ def per_block(layers: list[LayerInfo], block_values: list[float], target: Target
 
 
 def block_numels(layers: list[LayerInfo]) -> torch.Tensor:
-    counts = torch.zeros(max(layer.block for layer in layers) + 1, dtype=torch.float64)
+    counts = torch.zeros(max(layer.block for layer in layers) + 1, dtype=torch.float64, device="cpu")
     for layer in layers:
         counts[layer.block] += layer.numel
     return counts

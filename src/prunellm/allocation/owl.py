@@ -23,7 +23,7 @@ from .base import AllocationResult, LayerInfo, block_numels, per_block, register
 def outlier_ratio(weights: dict[str, torch.Tensor], stats: dict[str, LayerStats], owl_m: float = 5.0) -> float:
     """100 × fraction of the block's pooled Wanda scores above owl_m × their mean."""
     scores = torch.cat([wanda_scores(w, stats[name]).flatten() for name, w in weights.items()])
-    return 100.0 * float((scores > owl_m * scores.mean()).double().mean())
+    return 100.0 * float((scores > owl_m * scores.mean()).sum()) / scores.numel()  # exact count, any device
 
 
 def measure(weights, stats, owl_m: float = 5.0, **_) -> dict:
@@ -42,7 +42,7 @@ def allocate(layers: list[LayerInfo], measures: list[dict], target: Target, owl_
         raise UsageError(f"OWL with {target.n}:{target.m} shifts each block's N by round(λ·D̃ − mean), so λ = "
                          f"{owl_lambda:g} cannot change any block; use an integer λ such as 1 or 2 (default 2)")
     info = {"lambda": owl_lambda}
-    d = torch.tensor([m["outlier_ratio"] for m in measures], dtype=torch.float64)
+    d = torch.tensor([m["outlier_ratio"] for m in measures], dtype=torch.float64, device="cpu")
     spread = d.max() - d.min()
     norm = (d - d.min()) / spread if spread > 0 else torch.zeros_like(d)
     if target.is_nm:

@@ -4,7 +4,8 @@ A solver is one file that calls `base.register`, plus its name in the import lin
 finds it. It declares the statistics it needs, so the engine gathers only those ("norms": Σ x_j² per
 input, "hessian": Σ x xᵀ; "features": a fixed token subsample of the inputs, used by allocations).
 
-Imports only `masks` and `errors`: tensors in, masks and weights out; no model, no engine.
+Imports only `masks`, `errors` and `devices` (the widest float a device has): tensors in, masks and
+weights out, computed on the device of the inputs; no model, no engine.
 """
 
 from . import magnitude, mrp, sparsegpt, wanda  # noqa: F401  (each registers itself)

@@ -16,6 +16,7 @@ import itertools
 
 import torch
 
+from ..devices import wide_float
 from ..errors import UsageError
 from ..masks import Target, lowest_k
 from .base import LayerStats, PruneResult, register
@@ -33,7 +34,7 @@ def _spd_solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, int]:
     bad = info != 0
     if bad.any():
         scale = torch.diagonal(a[bad], dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         for k in range(1, 12):
             fixed, finfo = torch.linalg.cholesky_ex(a[bad] + (10.0**k * 1e-12) * scale[:, None, None] * eye)
             if (finfo == 0).all():
@@ -55,9 +56,9 @@ def solve_rows(w: torch.Tensor, a: torch.Tensor, mask: torch.Tensor) -> tuple[to
     lam = torch.zeros_like(w)
     counts = mask.sum(1)
     fallbacks = 0
-    a_ext = torch.block_diag(a, torch.eye(width, dtype=a.dtype))
+    a_ext = torch.block_diag(a, torch.eye(width, dtype=a.dtype, device=a.device))
     w_ext = torch.cat([w, torch.zeros_like(w)], dim=1)
-    slot = torch.arange(width)
+    slot = torch.arange(width, device=w.device)
     # pruned positions first (stable: in column order), then pad indices width + slot
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
     by_count = torch.argsort(counts, stable=True)
@@ -71,18 +72,16 @@ def solve_rows(w: torch.Tensor, a: torch.Tensor, mask: torch.Tensor) -> tuple[to
         sub = a_ext[idx[:, :, None], idx[:, None, :]]
         x, bad = _spd_solve(sub, torch.gather(w_ext[chunk], 1, idx))
         fallbacks += bad
-        lam[chunk] = torch.zeros(len(chunk), 2 * width, dtype=w.dtype).scatter_(1, idx, x)[:, :width]
+        lam[chunk] = torch.zeros(len(chunk), 2 * width, dtype=w.dtype, device=w.device).scatter_(1, idx, x)[:, :width]
     return lam, 0.5 * (lam * w).sum(1), fallbacks
 
 
-def group_patterns(n: int, m: int) -> torch.Tensor:
+def group_patterns(n: int, m: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """All C(m, n) ways to prune n of m positions, as a boolean (patterns × m) table."""
-    table = torch.zeros(0, m, dtype=torch.bool)
     combos = list(itertools.combinations(range(m), n))
-    if combos:
-        table = torch.zeros(len(combos), m, dtype=torch.bool)
-        for i, combo in enumerate(combos):
-            table[i, list(combo)] = True
+    table = torch.zeros(len(combos), m, dtype=torch.bool, device=device)
+    for i, combo in enumerate(combos):
+        table[i, list(combo)] = True
     return table
 
 
@@ -92,7 +91,7 @@ def best_group_patterns(w: torch.Tensor, a: torch.Tensor, n: int, m: int) -> tor
     The loss of pattern P in a group is ½ w_P (A[P,P])⁻¹ w_Pᵀ with A the group's inverse Hessian block.
     """
     rows, width = w.shape
-    patterns = group_patterns(n, m)
+    patterns = group_patterns(n, m, w.device)
     mask = torch.zeros_like(w, dtype=torch.bool)
     for g in range(0, width, m):
         wg, ag = w[:, g : g + m], a[g : g + m, g : g + m]
@@ -128,13 +127,14 @@ def mrp_prune(
     fixed_mask: torch.Tensor | None = None,
 ) -> PruneResult:
     """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations)."""
-    W = weight.double().clone()
-    U, used_damp = inverse_hessian_factor(hessian.double(), dampening_frac)
+    wide = wide_float(weight.device)  # float64 where the device has it
+    W = weight.to(wide, copy=True)
+    U, used_damp = inverse_hessian_factor(hessian.to(wide), dampening_frac)
     rows, cols = W.shape
     if target.is_nm:
         block_size = max(target.m, block_size - block_size % target.m)
     mask = torch.zeros_like(W, dtype=torch.bool)
-    losses = torch.zeros(rows, dtype=torch.float64)
+    losses = torch.zeros(rows, dtype=wide, device=W.device)
     fallbacks = 0
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -143,7 +143,7 @@ def mrp_prune(
         w = W[:, i1:i2]
         block_mask = fixed_mask[:, i1:i2] if fixed_mask is not None else choose_mask(w, a, target, selection)
         lam, loss, bad = solve_rows(w.float(), a.float(), block_mask)  # float32 systems, float64 factor
-        lam, loss = lam.double(), loss.double()
+        lam, loss = lam.to(wide), loss.to(wide)
         W[:, i1:] -= lam @ (Ub.T @ U[i1:i2, i1:])
         W[:, i1:i2].masked_fill_(block_mask, 0)
         mask[:, i1:i2] = block_mask

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import wide_float
 from ..masks import Target, lowest_k
 from .base import LayerStats, PruneResult, register
 
@@ -22,7 +23,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening_frac: float) -> tupl
     """
     mean_diag = torch.diag(hessian).mean()
     frac = dampening_frac
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for _ in range(6):
         chol, info = torch.linalg.cholesky_ex(hessian + frac * mean_diag * eye)
         if info == 0:
@@ -57,7 +58,7 @@ def sparsegpt(
     Hinv, used_damp = inverse_hessian_factor(H, dampening_frac)
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
-    losses = torch.zeros(rows, dtype=torch.float64)
+    losses = torch.zeros(rows, dtype=wide_float(W.device), device=W.device)
     n, m = target.n, target.m
 
     for i1 in range(0, cols, block_size):
@@ -80,7 +81,7 @@ def sparsegpt(
             Err1[:, i] = err
         # column i is never touched after its own step, so its kept entries are the reference's q
         W[:, i1:i2] = W1.masked_fill_(mask1, 0)
-        losses += (Err1.double() ** 2).sum(1) / 2
+        losses += (Err1.to(losses.dtype) ** 2).sum(1) / 2
         mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
