@@ -7,7 +7,7 @@
     prunellm.save_pruned(model, tok, report, "out/smollm2-wanda-50", save_format="compressed")
     model, tok = prunellm.load("out/smollm2-wanda-50")  # the same weights, dense or compressed folder
 
-Layers, bottom to top (each imports only those below it): `errors`, `outputs`, `hub`; the algorithms
+Layers, bottom to top (each imports only those below it): `errors`, `outputs`, `hub`, `devices`; the algorithms
 (`masks`, `solvers/`, `allocation/`); `config`, `data`; `runtime/` and `models`; `engine/` and
 `evaluation/`; the jobs on top (`save`, `from_disk`, `cli`, `plot`, this module).
 """

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError
-from .models import BUILTINS, DEFAULT_MODEL, DTYPES
+from .models import BUILTINS, DEFAULT_MODEL, DTYPE_CHOICES
 
 
 def _positive_int(text: str) -> int:
@@ -28,8 +28,22 @@ def _csv(text: str) -> list[str]:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_pos", nargs="?", metavar="MODEL", help=f"built-in name ({', '.join(BUILTINS)}), folder or hub id")
     p.add_argument("--model", dest="model_opt", help=f"same as MODEL (default {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    _add_device_args(p)
     p.add_argument("--data-dir", help="folder with local datasets (else $PRUNELLM_DATA, else ../shared/data)")
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="auto (default: the first accelerator, else cpu), cpu, cuda, cuda:N, mps, xpu")
+    p.add_argument("--dtype", choices=list(DTYPE_CHOICES),
+                   help="compute dtype (default float32 on the CPU, the checkpoint's own (auto) on an accelerator)")
+
+
+def _device_dtype(args: argparse.Namespace, device: str | None = None):
+    """The resolved device (a bad one is a UsageError) and the dtype to compute in there."""
+    from .devices import default_dtype, resolve_device
+
+    resolved = resolve_device(device or args.device or "auto")
+    return resolved, args.dtype or default_dtype(resolved)
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -39,18 +53,31 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.perplexity import evaluate_perplexity
+    from .engine.residency import on_device
     from .models import load_model
-    from .outputs import format_table, write_json
+    from .outputs import write_json
 
     name = _model_name(args)
+    device, dtype = _device_dtype(args)
     ppl = args.ppl if args.ppl is not None else ([] if args.tasks else ["wikitext2"])
     if args.tasks:
         from .evaluation.zeroshot import task_configs
 
         task_configs(args.tasks, args.data_dir)  # unknown task names fail before the model loads
-    model, tokenizer = load_model(name, dtype=args.dtype)
-    result: dict = {"model": name}
+    model, tokenizer = load_model(name, dtype=dtype)
+    with on_device(model, device):
+        result = _evaluate(args, model, tokenizer, name, ppl)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, model, tokenizer, name: str, ppl: list[str]) -> dict:
+    from .evaluation.perplexity import evaluate_perplexity
+    from .outputs import format_table
+
+    result: dict = {"model": name, "device": str(model.device)}
     if ppl:
         result.update(evaluate_perplexity(model, tokenizer, ppl, args.seqlen, args.max_windows, args.batch_size,
                                           args.data_dir))
@@ -62,10 +89,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.tasks, args.limit, args.batch_size,
                                                args.data_dir)
         print(format_table(["task", "acc", "acc_norm", "acc_stderr", "samples"], zeroshot_rows(result["zeroshot"])))
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return result
 
 
 def _prune_config(args: argparse.Namespace):
@@ -100,6 +124,7 @@ def _prune_config(args: argparse.Namespace):
         "targets": args.targets,
         "ignore": args.ignore,
         "data_dir": args.data_dir,
+        "device": args.device,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -145,14 +170,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _relaunch(args.nproc, args.argv)
-    distributed.init_from_env()
+    config = _prune_config(args)
+    device, dtype = _device_dtype(args, config.device)
+    distributed.init_from_env(device)
     from .engine.loop import prune
+    from .engine.residency import on_device
     from .evaluation.perplexity import evaluate_perplexity
     from .models import load_model
     from .outputs import check_output, format_table
     from .save import save_pruned
 
-    config = _prune_config(args)
     check_output(args.output, args.overwrite)
     if args.eval_tasks:
         from .evaluation.zeroshot import task_configs
@@ -164,21 +191,23 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if offload == "auto":
         from .engine.offload import should_offload
 
-        offload = "disk" if Path(source).is_dir() and should_offload(source, DTYPES[args.dtype]) else "none"
+        local = Path(source).is_dir()
+        offload = "disk" if local and should_offload(source, _torch_dtype(dtype, source)) else "none"
         if offload == "disk" and distributed.is_main():
             print(f"{name} does not fit in free memory: pruning it block by block from disk (--offload disk)")
     if offload == "disk":
-        return _prune_offloaded(args, config, name, source)
-    model, tokenizer = load_model(source, dtype=args.dtype)
+        return _prune_offloaded(args, config, name, source, dtype)
+    model, tokenizer = load_model(source, dtype=dtype)  # stays in CPU memory; blocks visit the device
 
     def ppl() -> dict:
-        return evaluate_perplexity(
-            model, tokenizer, args.eval_ppl, args.eval_seqlen, args.eval_max_windows, 1, config.data_dir
-        )
+        with on_device(model, device):
+            return evaluate_perplexity(
+                model, tokenizer, args.eval_ppl, args.eval_seqlen, args.eval_max_windows, 1, config.data_dir
+            )
 
     main_rank = distributed.is_main()
     dense = ppl() if args.eval_ppl and args.eval_dense and main_rank else None
-    report = {"model": name, "dtype": args.dtype,
+    report = {"model": name, "dtype": str(model.dtype).removeprefix("torch."),
               **prune(model, tokenizer, config, activations=args.activations, spill_dir=args.spill_dir)}
     if not main_rank:  # rank 0 evaluates and writes
         distributed.barrier()
@@ -191,8 +220,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.eval_tasks:
         from .evaluation.zeroshot import evaluate_zeroshot, zeroshot_rows
 
-        report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
-                                               data_dir=config.data_dir)
+        with on_device(model, device):
+            report["zeroshot"] = evaluate_zeroshot(model, tokenizer, args.eval_tasks, args.eval_limit,
+                                                   data_dir=config.data_dir)
     save_pruned(model, tokenizer, report, args.output, overwrite=args.overwrite, save_format=args.save_format)
     distributed.barrier()
     _print_pruned(report, name, config)
@@ -211,7 +241,13 @@ def _print_pruned(report: dict, name: str, config) -> None:
           f"({config.target()} per layer) in {t['prune_s']:.1f}s (calibration forward {t['calib_forward_s']:.1f}s)")
 
 
-def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str) -> int:
+def _torch_dtype(dtype: str, source: str):
+    from .models import DTYPES, checkpoint_dtype
+
+    return checkpoint_dtype(source) if dtype == "auto" else DTYPES[dtype]
+
+
+def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str, dtype: str) -> int:
     from .engine import distributed
     from .runtime.compressed import is_compressed
     from .from_disk import prune_from_disk
@@ -224,7 +260,7 @@ def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str) -
                          f"`prunellm compress {args.output} OUT`")
     if not Path(source).is_dir() or is_compressed(source):
         raise UsageError(f"--offload disk needs a local safetensors model folder, got {name!r}")
-    report = prune_from_disk(source, args.output, config, args.dtype, overwrite=args.overwrite,
+    report = prune_from_disk(source, args.output, config, dtype, overwrite=args.overwrite,
                              activations=args.activations, spill_dir=args.spill_dir)
     if distributed.is_main():
         _print_pruned(report, name, config)
@@ -264,15 +300,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runtime.sparse_linear import sparsify
     from .runtime.speed import greedy
 
-    model, tokenizer = load_model(args.folder, dtype=args.dtype)
+    device, dtype = _device_dtype(args)
+    model, tokenizer = load_model(args.folder, dtype=dtype, device=device)
     replaced = [] if args.dense else sparsify(model)
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     t0 = time.perf_counter()
     out = greedy(model, ids, args.max_new_tokens)
     seconds = time.perf_counter() - t0
     print(tokenizer.decode(out[0], skip_special_tokens=True))
-    print(f"[{len(replaced)} sparse layers, {args.max_new_tokens} tokens in {seconds:.2f}s, "
-          f"{torch.get_num_threads()} threads]", file=sys.stderr)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    print(f"[{len(replaced)} sparse layers, {args.max_new_tokens} tokens in {seconds:.2f}s, {where}]", file=sys.stderr)
     return 0
 
 
@@ -281,7 +318,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .outputs import format_table, write_json
     from .runtime.speed import compare
 
-    model, tokenizer = load_model(args.folder, dtype=args.dtype)
+    device, dtype = _device_dtype(args)
+    model, tokenizer = load_model(args.folder, dtype=dtype, device=device)
     ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 20), return_tensors="pt").input_ids[:, : args.prompt_tokens]
     result = {"model": args.folder, **compare(model, ids, args.new_tokens, args.repeats)}
     rows = [[name, f"{result[name]['prefill_tokens_per_s']:.1f}", f"{result[name]['decode_tokens_per_s']:.2f}",
@@ -358,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--offload", choices=["auto", "none", "disk"], default="auto",
                     help="disk: load one block at a time from the checkpoint and write it out pruned "
                          "(auto: when the weights do not fit in free memory)")
-    pr.add_argument("--activations", choices=["auto", "memory", "disk"], default="auto",
-                    help="where a block's calibration activations live (auto: disk when they do not fit)")
+    pr.add_argument("--activations", choices=["auto", "device", "cpu", "disk", "memory"], default="auto",
+                    help="where a block's calibration activations live: on the compute device, in CPU memory "
+                         "(memory is the same), or spilled to disk (auto: the first of these they fit in)")
     pr.add_argument("--spill-dir", help="folder for spilled activations (default: the system temp folder)")
     pr.add_argument("--nproc", type=_positive_int, default=1,
                     help="calibrate with N processes (torch.distributed; same as torchrun --nproc-per-node N)")
@@ -377,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--prompt", required=True)
     ru.add_argument("--max-new-tokens", type=_positive_int, default=32)
     ru.add_argument("--dense", action="store_true", help="keep dense linears (for comparison)")
-    ru.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    _add_device_args(ru)
     ru.set_defaults(func=_cmd_run)
 
     be = sub.add_parser("bench", help="prefill and decode tokens/s, dense vs sparse kernels, same greedy tokens")
@@ -385,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--prompt-tokens", type=_positive_int, default=128)
     be.add_argument("--new-tokens", type=_positive_int, default=32)
     be.add_argument("--repeats", type=_positive_int, default=3, help="best of N timings")
-    be.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    _add_device_args(be)
     be.add_argument("--json", help="write the result here")
     be.set_defaults(func=_cmd_bench)
 

@@ -52,6 +52,7 @@ class PruneConfig:
     als_direction: str = "sparser"  # ALS: more redundant ⇒ "sparser" (default) or "denser"
     profile_samples: int | None = None  # calibration samples used by the profiling pass (default all)
     data_dir: str | None = None
+    device: str = "auto"  # compute device: auto (the model's accelerator, else the first one, else cpu), cpu, cuda[:N], mps, xpu
 
     def allocation_options(self) -> dict[str, float]:
         """The options every allocation's measure/allocate functions receive (each takes what it uses)."""
@@ -113,6 +114,8 @@ class PruneConfig:
             raise UsageError(f"mask_selection must be 'score' or 'loss', got {self.mask_selection!r}")
         if self.mask_selection == "loss" and not m:
             raise UsageError("mask_selection 'loss' (Solution M) needs an N:M mask_structure")
+        if str(self.device).split(":")[0] not in ("auto", "cpu", "cuda", "mps", "xpu"):
+            raise UsageError(f"unknown device {self.device!r}; choose one of auto, cpu, cuda, cuda:N, mps, xpu")
         if not 0.0 < self.dampening_frac:
             raise UsageError(f"dampening_frac must be positive, got {self.dampening_frac}")
         return self

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .errors import UsageError
 from .hub import hub_reachable
 from .runtime.compressed import is_compressed, load_compressed
@@ -26,6 +27,7 @@ from .runtime.compressed import is_compressed, load_compressed
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)  # auto: the checkpoint's own dtype
 
 
 @dataclass(frozen=True)
@@ -161,22 +163,37 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPE_CHOICES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def checkpoint_dtype(folder: str | Path) -> torch.dtype:
+    """The dtype a model folder's config.json names (`dtype`, or the older `torch_dtype`); float32 if none."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return DTYPES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), torch.float32)
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
-    """Load a causal LM and its tokenizer by built-in name, folder (dense or compressed) or hub id; returns
-    (model, tokenizer)."""
+    """Load a causal LM and its tokenizer by built-in name, folder (dense or compressed) or hub id onto
+    `device` (see `devices.resolve_device`); `dtype="auto"` keeps the checkpoint's. Returns (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
+    device = resolve_device(device)
     source = resolve_model(name_or_path)
     if is_compressed(source):
-        model, tokenizer = load_compressed(source, dtype)
+        model, tokenizer = load_compressed(source, None if dtype == "auto" else dtype)
         return model.to(device), tokenizer
     # A hub id: use the local HF cache if it has the model, and only go online if the hub answers.
     local_only = not Path(source).exists() and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES.get(dtype, "auto"),
+                                                     local_files_only=local_only)
     except (OSError, ValueError, KeyError) as exc:
         where = "not in the local Hugging Face cache and the hub is unreachable" if local_only else "the hub failed"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -67,11 +67,13 @@ def _hidden_arg(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, stack: BlockStack, ids: torch.Tensor, batch_size: int,
-                   store=None) -> BlockInputs:
+                   store=None, device: torch.device | None = None) -> BlockInputs:
     """Run the model up to its blocks on `ids` (N × T) in chunks and record every block's inputs.
 
-    Block 0's hidden states go to `store` (default: a list in memory)."""
-    device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+    The ids go to `device` (default: where the model's first real parameter is); block 0's hidden states
+    go to `store` (default: a list in memory)."""
+    if device is None:
+        device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
     result = BlockInputs(hidden=store if store is not None else MemoryActivations(), calls=[[] for _ in stack.blocks])
     seen: list[list[Call]] = [[] for _ in stack.blocks]
     last = len(stack.blocks) - 1

@@ -34,14 +34,25 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); False otherwise."""
+def init_from_env(device: torch.device | None = None) -> bool:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); False otherwise.
+
+    NCCL when the compute `device` is CUDA (each rank on its own `cuda:LOCAL_RANK`), gloo otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        dist.init_process_group(backend)
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda and dist.is_nccl_available() else "gloo")
     return True
+
+
+def _device() -> torch.device:
+    """Where the process group's collectives run: this rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
@@ -67,18 +78,19 @@ def all_reduce_stats(stats: dict[str, LayerStats], feature_tokens: int) -> None:
     """Sum every layer's statistics over ranks in place; feature rows are gathered in rank order."""
     if not is_active():
         return
+    device = _device()
     for name in sorted(stats):
         st = stats[name]
         for tensor in (st.sq_norms, st.xtx):
             if tensor is not None:
                 dist.all_reduce(tensor)
-        counts = torch.tensor([st.tokens, st.samples], dtype=torch.float64)
+        counts = torch.tensor([st.tokens, st.samples], dtype=torch.float64, device=device)
         dist.all_reduce(counts)
         st.tokens, st.samples = int(counts[0]), int(counts[1])
         if st.features is not None:
             parts: list = [None] * world_size()
-            dist.all_gather_object(parts, st.features)
-            st.features = torch.cat(parts)[:feature_tokens]
+            dist.all_gather_object(parts, st.features.cpu())  # pickled on the CPU: ranks use different GPUs
+            st.features = torch.cat(parts)[:feature_tokens].to(st.features.device)
 
 
 def assign(sizes: list[int]) -> list[int]:

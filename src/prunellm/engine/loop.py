@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..allocation import ALLOCATIONS
 from ..config import PruneConfig
 from ..data import calibration_batch
+from ..devices import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import UsageError
 from ..masks import Target
 from ..solvers import SOLVERS, LayerStats, PruneResult
@@ -26,8 +27,8 @@ from . import distributed
 from .activations import activation_store
 from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
 from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
-from .offload import InMemory
 from .profile import allocate_targets
+from .residency import InMemory, module_device
 from .stream import BlockStream
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,11 @@ def prune(
     `layer_targets` overrides the uniform target per layer (full module name → Target); this is how
     a layer-wise allocation feeds the engine. `calibration_ids` (N × T) skips loading calibration data.
     `on_layer(name, dense_weight, stats, result)` sees every solved layer (benchmarks, diagnostics).
-    `residency` materializes blocks one at a time (see `offload`); `activations` (auto, memory, disk) says
-    where a block's calibration activations live, `spill_dir` where spilled ones go. Under torchrun each
-    process calibrates on its share of the samples (see `distributed`).
+    Blocks are onloaded one at a time to `config.device` (see `residency`; "auto": the model's accelerator,
+    else the first one torch has, else the CPU) and go back to where the model lives; `residency` replaces
+    that (a disk skeleton, see `offload`). `activations` (auto, device, cpu, disk) says where a block's
+    calibration activations live, `spill_dir` where spilled ones go. Under torchrun each process
+    calibrates on its share of the samples (see `distributed`).
     """
     config = (config or PruneConfig()).validate()
     solver = SOLVERS[config.solver]
@@ -112,15 +115,21 @@ def prune(
     uniform = config.target()
     targets = {name: uniform for layers in per_block for name in layers}
     model.eval()
-    residency = residency or InMemory()
+    device = getattr(residency, "device", None) or resolve_device(config.device, module_device(model))
+    residency = residency or InMemory(model, stack, device)
     progress = progress and distributed.is_main()
+    value_bytes = next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
+    stores: list[str] = []
 
     def store():
-        return activation_store(activations, calibration_ids.numel() // distributed.world_size(),
-                                _hidden_size(model), spill_dir)
+        made = activation_store(activations, calibration_ids.numel() // distributed.world_size(),
+                                _hidden_size(model), spill_dir, device, value_bytes)
+        stores.append(made.mode)
+        return made
 
     start_rss = current_rss_mb()
     peak_is_own = reset_peak_rss()  # so the peak below is this pruning step's, not the model load's
+    reset_peak_memory(device)
     t_start = time.perf_counter()
     allocation = None
     if layer_targets is None and config.allocation != "uniform":
@@ -198,7 +207,10 @@ def prune(
         "layers": rows,
         "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
         **({"processes": distributed.world_size()} if distributed.is_active() else {}),
+        "device": str(device),
+        **({"activations": stores[-1]} if stores else {}),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        **({"peak_device_mb": round(peak, 1)} if (peak := peak_memory_mb(device)) is not None else {}),
         "memory_mb": {
             "rss_at_start": round(start_rss, 1),
             "peak_is_this_step": peak_is_own,

@@ -1,10 +1,10 @@
-"""Where the blocks live while the engine runs: all in memory, or one at a time from the safetensors shards.
+"""Models larger than memory: one block materialized at a time from the safetensors shards.
 
-`InMemory` is an ordinary loaded model. For models larger than memory (`from_disk.prune_from_disk`), the
-model is built as a skeleton on the meta device (buffers such as rotary frequencies stay real). `DiskResidency` loads a block's tensors from the checkpoint just
-before the engine runs it and, once the engine is done with it, writes the pruned block to its own
-output shard and returns it to meta. Modules before the blocks (embeddings) are loaded on first call
-during input capture and released right after. Peak memory is one block, its calibration
+For `from_disk.prune_from_disk` the model is built as a skeleton on the meta device (buffers such as
+rotary frequencies stay real). `DiskResidency` loads a block's tensors from the checkpoint, onto the
+compute device, just before the engine runs it and, once the engine is done with it, writes the pruned
+block to its own output shard and returns it to meta. Modules before the blocks (embeddings) are loaded
+on first call during input capture and released right after. Peak memory is one block, its calibration
 activations and statistics, plus the embedding during capture, whatever the number of blocks.
 """
 
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,6 +20,7 @@ from torch import nn
 from ..errors import UsageError
 from .blocks import BlockStack
 from .memory import available_mb, return_freed_memory
+from .residency import InMemory, direct_tensors, move_tensor
 
 INDEX = "model.safetensors.index.json"
 _COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -67,7 +66,7 @@ class Checkpoint:
                              "transformers whose tensor names match the model's")
         file, base, entry = self.entries[name]
         start, end = entry["data_offsets"]
-        raw = torch.empty(end - start, dtype=torch.uint8)
+        raw = torch.empty(end - start, dtype=torch.uint8, device="cpu")
         with open(self.folder / file, "rb") as f:
             f.seek(base + start)
             if f.readinto(memoryview(raw.numpy())) != end - start:
@@ -113,46 +112,32 @@ def skeleton(folder: str | Path, dtype: torch.dtype):
             buffer = module._buffers.get(buffer_name)
             if buffer is not None and buffer.is_meta:
                 full = f"{name}.{buffer_name}" if name else buffer_name
-                set_module_tensor_to_device(model, full, "cpu", value=torch.zeros(buffer.shape, dtype=buffer.dtype))
+                set_module_tensor_to_device(model, full, "cpu", value=torch.zeros(buffer.shape, dtype=buffer.dtype, device="cpu"))
                 owners.append(module)
-    for module in owners:
-        model._init_weights(module)
+    with torch.device("cpu"):  # the model's own initializers build the buffers' values on the CPU
+        for module in owners:
+            model._init_weights(module)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder) if (Path(folder) / "tokenizer_config.json").exists() else None
     return model, tokenizer
 
 
-class InMemory:
-    """The residency of an ordinary model: everything is already loaded, nothing to write."""
-
-    @contextmanager
-    def outer(self) -> Iterator[None]:
-        yield
-
-    def load(self, index: int) -> None:
-        pass
-
-    def release(self, index: int, save: bool) -> None:
-        pass
-
-
-def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from module.named_parameters(recurse=False)
-    yield from ((n, b) for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set)
-
-
-class DiskResidency:
-    """Materialize blocks of a meta skeleton from `checkpoint` one at a time; write pruned ones to `output`."""
+class DiskResidency(InMemory):
+    """Materialize blocks of a meta skeleton from `checkpoint` one at a time, on `device`; write pruned ones
+    to `output` and return them to meta."""
 
     def __init__(self, model: nn.Module, stack: BlockStack, checkpoint: Checkpoint, dtype: torch.dtype,
-                 output: Path | None = None):
-        self.model, self.stack, self.checkpoint, self.dtype = model, stack, checkpoint, dtype
-        self.output = output
+                 output: Path | None = None, device: torch.device | None = None):
+        super().__init__(model, stack, device or torch.device("cpu"))
+        self.checkpoint, self.dtype, self.output = checkpoint, dtype, output
         prefix = stack.path + "."
         self.outer_names = sorted(n for n in checkpoint.weight_map if not n.startswith(prefix))
         self.shards = len(stack) + len(self.outer_names)
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.checkpoint.get(name)
 
     def _set(self, name: str, value: torch.Tensor | None) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -161,56 +146,34 @@ class DiskResidency:
             set_module_tensor_to_device(self.model, name, "meta")
         else:
             dtype = self.dtype if value.is_floating_point() else None
-            set_module_tensor_to_device(self.model, name, "cpu", value=value, dtype=dtype)
+            set_module_tensor_to_device(self.model, name, self.device, value=value, dtype=dtype)
 
-    def _load_module(self, module: nn.Module, prefix: str) -> list[str]:
-        names = []
-        for sub_name, sub in module.named_modules():
-            for name, _ in list(_tensors(sub)):
+    def load(self, index: int) -> None:
+        """Read block `index` from the checkpoint onto the device (its non-persistent buffers moved there)."""
+        block, prefix = self.stack.blocks[index], f"{self.stack.path}.{index}"
+        for sub_name, sub in block.named_modules():
+            for name, tensor in list(direct_tensors(sub)):
                 full = ".".join(p for p in (prefix, sub_name, name) if p)
                 if full in self.checkpoint or name in sub._parameters:
                     self._set(full, self.checkpoint.get(full))
-                    names.append(full)
-        return names
-
-    @contextmanager
-    def outer(self) -> Iterator[None]:
-        """Load the modules that run before the blocks when first called; release them afterwards."""
-        loaded: list[str] = []
-        blocks = {id(b) for b in self.stack.blocks}
-        inside = {id(m) for b in self.stack.blocks for m in b.modules()}
-        handles = []
-        for name, module in self.model.named_modules():
-            if id(module) in inside or id(module) in blocks:
-                continue
-            if any(t.is_meta for _, t in _tensors(module)):
-                def hook(mod, args, name=name):
-                    for tensor_name, tensor in list(_tensors(mod)):
-                        full = f"{name}.{tensor_name}" if name else tensor_name
-                        if tensor.is_meta:
-                            self._set(full, self.checkpoint.get(full))
-                            loaded.append(full)
-                handles.append(module.register_forward_pre_hook(hook))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            for full in loaded:
-                self._set(full, None)
-            return_freed_memory()
-
-    def load(self, index: int) -> None:
-        self._load_module(self.stack.blocks[index], f"{self.stack.path}.{index}")
+                elif tensor.device != self.device:
+                    move_tensor(sub, name, self.device)
+        self.moves.append(("in", index))
 
     def release(self, index: int, save: bool) -> None:
+        """Write block `index` to its output shard (`save`), then return its parameters to meta."""
         block, prefix = self.stack.blocks[index], f"{self.stack.path}.{index}"
         if save and self.output is not None:
-            tensors = {f"{prefix}.{n}": t.detach().contiguous() for n, t in block.state_dict().items()}
+            tensors = {f"{prefix}.{n}": t.detach().to("cpu").contiguous() for n, t in block.state_dict().items()}
             self._write(index, tensors)
         for sub_name, sub in block.named_modules():
-            for name, _ in list(sub.named_parameters(recurse=False)):
-                self._set(".".join(p for p in (prefix, sub_name, name) if p), None)
+            for name, tensor in list(direct_tensors(sub)):
+                full = ".".join(p for p in (prefix, sub_name, name) if p)
+                if name in sub._parameters or full in self.checkpoint:
+                    self._set(full, None)
+                elif tensor.device.type != "cpu":
+                    move_tensor(sub, name, torch.device("cpu"))
+        self.moves.append(("out", index))
         return_freed_memory()
 
     def _write(self, index: int, tensors: dict[str, torch.Tensor]) -> None:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..allocation import ALLOCATIONS, AllocationResult, LayerInfo
 from ..config import PruneConfig
 from .blocks import get_weight
-from .offload import InMemory
+from .residency import InMemory
 from .stream import BlockStream
 
 

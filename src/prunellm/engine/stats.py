@@ -1,7 +1,9 @@
 """Stream calibration statistics of linear-layer inputs through forward hooks.
 
 Layers fed the very same input tensor (q/k/v, gate/up) share one accumulator, so a Hessian is
-computed once per distinct input rather than once per layer.
+computed once per distinct input rather than once per layer. Sums live on the device of the inputs:
+Σ x xᵀ in float32, Σ x_j² in float64, or where the device has no float64 (MPS) in float32 with
+compensated (Kahan) summation across batches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..devices import has_float64
 from ..solvers import LayerStats
 
 
@@ -24,8 +27,11 @@ class StatsCollector:
         derived: dict[str, tuple[str, Callable]] | None = None,
         feature_tokens: int = 512,
         feature_stride: int = 1,
+        float64: bool | None = None,
     ):
         self.needs = set(needs)
+        self.float64 = float64  # None: wherever the device has it
+        self._compensation: dict[str, torch.Tensor] = {}  # Kahan terms of float32 norm sums
         self.feature_tokens, self.feature_stride = feature_tokens, feature_stride
         self.stats: dict[str, LayerStats] = {}
         self.alias: dict[str, str] = {}  # layer -> layer whose accumulator it shares
@@ -61,11 +67,18 @@ class StatsCollector:
             st = self.stats[name] = LayerStats()
             width = x.shape[1]
             if "norms" in self.needs:
-                st.sq_norms = torch.zeros(width, dtype=torch.float64, device=x.device)
+                wide = has_float64(x.device) if self.float64 is None else self.float64
+                st.sq_norms = torch.zeros(width, dtype=torch.float64 if wide else torch.float32, device=x.device)
+                if not wide:
+                    self._compensation[name] = torch.zeros_like(st.sq_norms)
             if "hessian" in self.needs:
                 st.xtx = torch.zeros(width, width, dtype=torch.float32, device=x.device)
         if st.sq_norms is not None:
-            st.sq_norms += x.square().sum(0)  # float32 within a batch, float64 across batches
+            batch = x.square().sum(0)  # float32 within a batch
+            if name in self._compensation:
+                _kahan_add(st.sq_norms, self._compensation[name], batch)
+            else:
+                st.sq_norms += batch  # float64 across batches
         if st.xtx is not None:
             st.xtx.addmm_(x.t(), x)
         if "features" in self.needs:
@@ -87,3 +100,11 @@ class StatsCollector:
             handle.remove()
         self._handles.clear()
         self._batch_inputs.clear()
+
+
+def _kahan_add(total: torch.Tensor, compensation: torch.Tensor, value: torch.Tensor) -> None:
+    """total += value in place, carrying the rounding error of each addition in `compensation`."""
+    y = value - compensation
+    t = total + y
+    compensation.copy_((t - total) - y)
+    total.copy_(t)

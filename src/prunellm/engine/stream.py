@@ -20,7 +20,7 @@ from . import distributed
 from .activations import MemoryActivations
 from .blocks import BlockStack, derived_inputs
 from .capture import capture_inputs, run_block
-from .offload import InMemory
+from .residency import InMemory
 from .stats import StatsCollector
 
 
@@ -56,7 +56,8 @@ class BlockStream:
         ids = distributed.shard(self.calibration_ids, self.batch_size)
         t0 = time.perf_counter()
         with self.residency.outer():
-            inputs = capture_inputs(self.model, self.stack, ids, self.batch_size, self.activations)
+            inputs = capture_inputs(self.model, self.stack, ids, self.batch_size, self.activations,
+                                    self.residency.device)
         self.forward_s += time.perf_counter() - t0
         try:
             for i, block in enumerate(self.stack.blocks):

@@ -41,14 +41,14 @@ def nonzero_bits(w: torch.Tensor) -> torch.Tensor:
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """R × C bool → R × ceil(C/8) uint8, little bit order (numpy.packbits(..., bitorder="little"))."""
     rows, cols = mask.shape
-    padded = torch.zeros(rows, (cols + 7) // 8 * 8, dtype=torch.uint8)
+    padded = torch.zeros(rows, (cols + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
     padded[:, :cols] = mask
-    weights = 1 << torch.arange(8, dtype=torch.uint8)
+    weights = 1 << torch.arange(8, dtype=torch.uint8, device=mask.device)
     return (padded.view(rows, -1, 8) * weights).sum(-1, dtype=torch.uint8)
 
 
 def unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=bitmask.device)
     return ((bitmask.unsqueeze(-1) >> shifts) & 1).bool().reshape(bitmask.shape[0], -1)[:, :cols]
 
 
@@ -76,10 +76,10 @@ def encode(w: torch.Tensor, nm: tuple[int, int] | None = None) -> tuple[str, dic
         n, keep = layout
         values = w[keep].view(w.shape[0], -1)
         return f"sparse-{n}:{nm[1]}-bitmask", {"compressed": values, "bitmask": pack_bits(keep),
-                                               "shape": torch.tensor(w.shape)}
+                                               "shape": torch.tensor(w.shape, device="cpu")}
     keep = nonzero_bits(w)
     counts = keep.sum(1)
-    return "sparse-bitmask", {"compressed": w[keep], "bitmask": pack_bits(keep), "shape": torch.tensor(w.shape),
+    return "sparse-bitmask", {"compressed": w[keep], "bitmask": pack_bits(keep), "shape": torch.tensor(w.shape, device="cpu"),
                               "row_offsets": counts.cumsum(0) - counts}
 
 
@@ -103,7 +103,7 @@ def decode(name: str, encoding: str, parts: dict[str, torch.Tensor]) -> torch.Te
             raise UsageError(f"compressed weight {name}: row offsets do not match the bitmask")
     elif not (encoding.startswith("sparse-") and values.dim() == 2 and values.shape[0] == rows):
         raise UsageError(f"compressed weight {name}: unknown encoding {encoding!r} or bad value layout")
-    w = torch.zeros(shape, dtype=values.dtype)
+    w = torch.zeros(shape, dtype=values.dtype, device=values.device)
     w[keep] = values.flatten()
     return w
 

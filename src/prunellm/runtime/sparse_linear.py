@@ -1,12 +1,16 @@
-"""Sparse inference on CPU: linear layers that compute from the bitmask layout instead of a dense weight.
+"""Sparse inference: linear layers that compute from the bitmask layout (CPU) or 2:4 tensor cores (CUDA).
 
 `SparseLinear` keeps only the kept values, the packed mask and row offsets (the layout of
 `compressed`), so the model also takes less memory. Small batches (decode) go through the compiled
 kernel, which reads only those; larger batches (prefill) and machines without the kernel decompress
-the weight for one dense matmul. `sparsify(model)` swaps them in for every sparse enough linear.
+the weight for one dense matmul. `sparsify(model)` swaps them in for every sparse enough linear; on a
+CUDA model it turns 2:4 weights into torch's semi-structured sparse tensors instead (float16/bfloat16,
+compute capability 8.0+), and leaves every other layer dense with a warning.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +31,7 @@ class SparseLinear(nn.Module):
         keep = nonzero_bits(weight)
         counts = keep.sum(1)
         self.out_features, self.in_features = weight.shape
-        pad = torch.zeros(8, dtype=weight.dtype)  # the kernel's last 8-wide load reads past the end
+        pad = torch.zeros(8, dtype=weight.dtype, device=weight.device)  # the kernel's last 8-wide load reads past the end
         self.register_buffer("values", torch.cat([weight[keep], pad]))
         self.register_buffer("bitmask", pack_bits(keep))
         self.register_buffer("row_offsets", counts.cumsum(0) - counts)
@@ -72,19 +76,72 @@ def _linear_weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tens
     return None
 
 
+def is_2_4(weight: torch.Tensor) -> bool:
+    """Whether every group of 4 consecutive inputs of every row has at most 2 non-zeros."""
+    rows, cols = weight.shape
+    return cols % 4 == 0 and int(nonzero_bits(weight).view(rows, cols // 4, 4).sum(-1).max()) <= 2
+
+
+def semi_structured_problem(weight: torch.Tensor) -> str | None:
+    """Why torch's CUDA 2:4 kernels cannot take this weight, or None when they can."""
+    if weight.device.type != "cuda":
+        return f"2:4 sparse kernels are CUDA only (weight on {weight.device})"
+    if torch.cuda.get_device_capability(weight.device) < (8, 0):
+        return "2:4 sparse tensor cores need compute capability 8.0 or newer"
+    if weight.dtype not in (torch.float16, torch.bfloat16):
+        return f"2:4 sparse kernels take float16/bfloat16 weights, not {weight.dtype}"
+    if not is_2_4(weight):
+        return "the weight is not 2:4 sparse"
+    return None
+
+
+def _sparsify_cuda(model: nn.Module, names: list[str]) -> list[str]:
+    """Swap 2:4 linears of a CUDA model to semi-structured weights (dense F.linear calls the sparse kernel)."""
+    from torch.sparse import to_sparse_semi_structured
+
+    replaced, skipped = [], {}
+    for name in names:
+        module = model.get_submodule(name)
+        problem = semi_structured_problem(module.weight) if isinstance(module, nn.Linear) else "not an nn.Linear"
+        if problem is None:
+            try:
+                module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+                replaced.append(name)
+                continue
+            except (RuntimeError, ValueError) as exc:  # shapes the kernels do not tile
+                problem = str(exc).splitlines()[0]
+        skipped.setdefault(problem, []).append(name)
+    for problem, layers in skipped.items():
+        warnings.warn(f"{len(layers)} sparse layers stay dense: {problem}", stacklevel=3)
+    return replaced
+
+
 def sparsify(model: nn.Module, min_sparsity: float = 0.3, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
-    """Replace every linear whose weight is at least `min_sparsity` zeros by a `SparseLinear`, in place;
-    returns the replaced module names. Tied or skipped layers (the output head) stay dense."""
-    replaced = []
+    """Replace every linear whose weight is at least `min_sparsity` zeros by a `SparseLinear` (CPU) or a
+    2:4 semi-structured weight (CUDA), in place; returns the replaced module names. Tied or skipped layers
+    (the output head) stay dense, and so does everything on other devices (with a warning)."""
+    candidates = []
     for name, module in list(model.named_modules()):
         if any(part in name.split(".") for part in skip):
             continue
         wb = _linear_weight_and_bias(module)
         if wb is None:
             continue
-        weight, bias = wb
-        if 1 - float(nonzero_bits(weight).double().mean()) < min_sparsity:
+        weight = wb[0]
+        if 1 - float(nonzero_bits(weight).sum()) / weight.numel() < min_sparsity:
             continue
+        candidates.append(name)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return _sparsify_cuda(model, candidates)
+    if device.type != "cpu":
+        if candidates:
+            warnings.warn(f"no sparse kernel for {device.type}: {len(candidates)} sparse layers stay dense", stacklevel=2)
+        return []
+    replaced = []
+    for name in candidates:
+        module = model.get_submodule(name)
+        weight, bias = _linear_weight_and_bias(module)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, SparseLinear(weight.contiguous(), bias))
