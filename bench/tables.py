@@ -37,6 +37,22 @@ def memory_plan_table() -> None:
         print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
 
 
+def gpu_plan_markdown(rows: list[dict]) -> str:
+    """The per-GPU memory plan (bench/memory_plan.py --gpu) as a Markdown table."""
+    lines = ["| model | solver | activations | peak GPU GiB | host GiB | fits on |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        fits = ", ".join(f"{gb} GB" for gb in r["fits_gb"]) or "none of 24/48/80 GB"
+        lines.append(f"| {r['model']} | {r['solver']} | {r['activations']} | {r['peak_gpu_gib']:.1f} | "
+                     f"{r['host_gib']:.1f} | {fits} |")
+    return "\n".join(lines)
+
+
+def gpu_plan_table() -> None:
+    path = RESULTS / "memory_plan_gpu.json"
+    if path.exists():
+        print(gpu_plan_markdown(json.loads(path.read_text())["rows"]))
+
+
 def _jsonl(name: str) -> list[dict]:
     path = RESULTS / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -222,7 +238,7 @@ def zeroshot_table() -> None:
 
 if __name__ == "__main__":
     for table in (solver_table, reference_table, reference_numerics_table, speed_table, mrp_table, allocation_table,
-                  owl_reference_table, profile_cost_table, sparse_tables, scale_table, memory_plan_table,
+                  owl_reference_table, profile_cost_table, sparse_tables, scale_table, memory_plan_table, gpu_plan_table,
                   zeroshot_table):
         table()
         print()
