@@ -22,6 +22,7 @@ from .from_disk import prune_from_disk
 from .masks import Target
 from .models import load_model
 from .models import load_model as load
+from .runtime import transformers_plugin  # noqa: F401  (from_pretrained reads compressed folders)
 from .save import save_pruned
 from .solvers import SOLVERS
 

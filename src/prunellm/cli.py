@@ -323,9 +323,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     ids = tokenizer(BENCH_TEXT * (1 + args.prompt_tokens // 20), return_tensors="pt").input_ids[:, : args.prompt_tokens]
     result = {"model": args.folder, **compare(model, ids, args.new_tokens, args.repeats)}
     rows = [[name, f"{result[name]['prefill_tokens_per_s']:.1f}", f"{result[name]['decode_tokens_per_s']:.2f}",
-             f"{result['memory_bytes'][name] / 2**20:.0f}"] for name in ("dense", "sparse")]
+             f"{result['memory_bytes'][name.split('_')[0]] / 2**20:.0f}"]
+            for name in ("dense", "sparse", "sparse_torch_head") if name in result]
     print(format_table(["weights", "prefill tok/s", "decode tok/s", "MiB in memory"], rows))
-    print(f"decode speedup {result['decode_speedup']:.2f}x, prefill {result['prefill_speedup']:.2f}x, "
+    head = (f" ({result['decode_speedup_torch_head']:.2f}x with the head through torch)"
+            if "decode_speedup_torch_head" in result else "")
+    print(f"decode speedup {result['decode_speedup']:.2f}x{head}, prefill {result['prefill_speedup']:.2f}x, "
           f"greedy tokens identical: {result['same_tokens']}, kernel: {result['kernel'] or result['kernel_error']}")
     if args.json:
         write_json(Path(args.json), result)

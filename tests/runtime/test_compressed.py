@@ -113,16 +113,6 @@ def test_mixed_n_owl_model_stores_each_block_with_its_own_n(tmp_path):
     assert _state_bits_equal(loaded.state_dict(), model.state_dict())
 
 
-def test_plain_from_pretrained_refuses_a_compressed_folder(tmp_path):
-    import transformers as T
-
-    model = tiny_model("llama")
-    report = prunellm.prune(model, None, prunellm.PruneConfig(solver="magnitude", sparsity=0.5), progress=False)
-    prunellm.save_pruned(model, None, report, tmp_path / "s", save_format="compressed")
-    with pytest.raises(OSError):
-        T.AutoModelForCausalLM.from_pretrained(tmp_path / "s")
-
-
 def test_corrupt_or_truncated_files_are_errors(tmp_path):
     model = tiny_model("llama")
     report = prunellm.prune(model, None, prunellm.PruneConfig(solver="magnitude", sparsity=0.5), progress=False)

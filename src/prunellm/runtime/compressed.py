@@ -167,12 +167,28 @@ def write_compressed(state: dict[str, torch.Tensor], folder: Path, nm: tuple[int
     return config
 
 
+QUANT_METHOD = "prunellm-sparse"  # config.json's quantization_config.quant_method (the transformers plugin)
+
+
+def mark_config(folder: Path, structure: str) -> None:
+    """Name the format in config.json's quantization_config, which `import prunellm` teaches transformers
+    to load. The weights file keeps its own name, so without the plugin from_pretrained finds no weights."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("transformers_weights", None)
+    config["quantization_config"] = {"quant_method": QUANT_METHOD, "format": FORMAT, "version": VERSION,
+                                     "sparsity_structure": structure}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def compress_in_place(folder: Path) -> dict:
     """Replace a dense folder's safetensors weights by the compressed layout (used while staging)."""
     state = _read_dense_folder(folder)
     for f in list(folder.glob("*.safetensors")) + list(folder.glob("model.safetensors.index.json")):
         f.unlink()
-    return write_compressed(state, folder, _structure(folder))
+    config = write_compressed(state, folder, _structure(folder))
+    mark_config(folder, config["sparsity_structure"])
+    return config
 
 
 def compress_folder(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None,
@@ -192,7 +208,9 @@ def compress_folder(src: str | Path, dst: str | Path, dtype: torch.dtype | None 
                 shutil.copy2(f, staging / f.name)
         if dtype is not None:
             _set_config_dtype(staging / "config.json", dtype)
-        return write_compressed(state, staging, _structure(src))
+        config = write_compressed(state, staging, _structure(src))
+        mark_config(staging, config["sparsity_structure"])
+        return config
 
 
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
@@ -205,8 +223,8 @@ def is_compressed(folder: str | Path) -> bool:
     return (Path(folder) / CONFIG).is_file()
 
 
-def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Decompress a folder's weights to a plain state dict, verifying checksums and layouts."""
+def read_config(folder: str | Path) -> dict:
+    """A compressed folder's sparse_config.json, after checking its format and every file's SHA-256."""
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text())
@@ -214,13 +232,22 @@ def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{folder / CONFIG}: unreadable ({exc})") from None
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise UsageError(f"{folder}: unsupported sparse format {config.get('format')!r} v{config.get('version')}")
-    stored = {}
     for fname, digest in config["files"].items():
         path = folder / fname
         if not path.is_file():
             raise UsageError(f"{path}: missing")
         if _sha256(path) != digest:
             raise UsageError(f"{path}: checksum mismatch (corrupt or truncated file)")
+    return config
+
+
+def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Decompress a folder's weights to a plain state dict, verifying checksums and layouts."""
+    folder = Path(folder)
+    config = read_config(folder)
+    stored = {}
+    for fname in config["files"]:
+        path = folder / fname
         try:
             stored.update(load_file(path))
         except SafetensorError as exc:
@@ -245,6 +272,7 @@ def load_compressed(folder: str | Path, dtype: str | None = None):
     folder = Path(folder)
     state = load_state(folder)
     config = AutoConfig.from_pretrained(folder)
+    config.__dict__.pop("quantization_config", None)  # the model built here is a plain dense one
     torch_dtype = getattr(torch, dtype) if dtype else next(v for v in state.values() if v.is_floating_point()).dtype
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)

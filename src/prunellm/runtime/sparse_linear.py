@@ -1,15 +1,19 @@
 """Sparse inference: linear layers that compute from the bitmask layout (CPU) or 2:4 tensor cores (CUDA).
 
-`SparseLinear` keeps only the kept values, the packed mask and row offsets (the layout of
-`compressed`), so the model also takes less memory. Small batches (decode) go through the compiled
-kernel, which reads only those; larger batches (prefill) and machines without the kernel decompress
-the weight for one dense matmul. `sparsify(model)` swaps them in for every sparse enough linear; on a
-CUDA model it turns 2:4 weights into torch's semi-structured sparse tensors instead (float16/bfloat16,
-compute capability 8.0+), and leaves every other layer dense with a warning.
+`SparseLinear` keeps only the kept values, the packed mask and row offsets (the layout of `compressed`),
+in the model's dtype (float32, bfloat16 or float16), so the model also takes less memory. Up to
+`DIRECT_MAX_TOKENS[dtype]` input rows (decode, small batches) go through the compiled kernel, which reads
+only those; longer inputs (prefill) are compute-bound, so the weight is decompressed into a buffer shared
+by all layers and multiplied with one dense GEMM (float16 in float32: torch's float16 GEMM on CPUs without
+AVX512-FP16 is far slower). Machines without the kernel decompress for a dense matmul. `sparsify(model)`
+swaps them in for every sparse enough linear; on a CUDA model it turns 2:4 weights into torch's
+semi-structured sparse tensors instead (float16/bfloat16, compute capability 8.0+), and leaves every
+other layer dense with a warning.
 """
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import torch
@@ -20,30 +24,77 @@ from transformers.pytorch_utils import Conv1D
 from . import kernels
 from .compressed import nonzero_bits, pack_bits, unpack_bits
 
-KERNEL_MAX_TOKENS = 16  # above this many rows of input, decompress + dense matmul wins (measured: bench/)
+# The most input rows for which the direct kernel beats decompress + GEMM, per dtype (the crossover
+# measured by bench/sparse_kernels.py on SmolLM2's layer shapes at 50% and 70%; results in
+# bench/results/sparse_kernels_smollm2.jsonl).
+DIRECT_MAX_TOKENS = {torch.float32: 12, torch.bfloat16: 8, torch.float16: 16}
+KERNEL_DTYPES = tuple(DIRECT_MAX_TOKENS)
+PAD = 32  # the kernels' last vector load reads up to 32 values past the end
+_scratch: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _buffer(rows: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """A rows × width buffer shared by all layers (grown to the largest), for decompressed weights.
+
+    One forward at a time uses it, as inference in one Python thread does."""
+    held = _scratch.get(dtype)
+    if held is None or held.numel() < rows * width:
+        held = _scratch[dtype] = torch.empty(rows * width, dtype=dtype)
+    return held[: rows * width].view(rows, width)
 
 
 class SparseLinear(nn.Module):
-    """y = x Wᵀ + b with W held as kept values + bitmask (float32 for the kernel path)."""
+    """y = x Wᵀ + b with W held as kept values + bitmask, in W's dtype."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
+        self.out_features, self.in_features = weight.shape
+        for name, tensor in self.encode(weight).items():
+            self.register_buffer(name, tensor)
+        self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False))
+
+    @staticmethod
+    def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The buffers of a weight: kept values (row-major, padded), packed mask, row offsets."""
         keep = nonzero_bits(weight)
         counts = keep.sum(1)
-        self.out_features, self.in_features = weight.shape
-        pad = torch.zeros(8, dtype=weight.dtype, device=weight.device)  # the kernel's last 8-wide load reads past the end
-        self.register_buffer("values", torch.cat([weight[keep], pad]))
-        self.register_buffer("bitmask", pack_bits(keep))
-        self.register_buffer("row_offsets", counts.cumsum(0) - counts)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.density = float(counts.sum()) / weight.numel()
+        pad = torch.zeros(PAD, dtype=weight.dtype, device=weight.device)
+        return {"values": torch.cat([weight[keep], pad]), "bitmask": pack_bits(keep),
+                "row_offsets": counts.cumsum(0) - counts}
+
+    @classmethod
+    def skeleton(cls, out_features: int, in_features: int, dtype: torch.dtype, bias: bool) -> "SparseLinear":
+        """An empty layer on the meta device, for a loader to fill (`encode`'s buffers, then the bias)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = out_features, in_features
+        meta = torch.device("meta")
+        layer.register_buffer("values", torch.empty(PAD, dtype=dtype, device=meta))
+        layer.register_buffer("bitmask", torch.empty(out_features, (in_features + 7) // 8, dtype=torch.uint8, device=meta))
+        layer.register_buffer("row_offsets", torch.empty(out_features, dtype=torch.int64, device=meta))
+        layer.register_parameter("bias", nn.Parameter(torch.empty(out_features, dtype=dtype, device=meta),
+                                                      requires_grad=False) if bias else None)
+        return layer
+
+    @property
+    def density(self) -> float:
+        return (self._buffers["values"].numel() - PAD) / (self.out_features * self.in_features)
+
+    def _kernel(self):
+        """The compiled kernels when they can serve this layer (CPU, a kernel dtype), else None."""
+        values = self._buffers["values"]
+        if values.device.type != "cpu" or values.dtype not in DIRECT_MAX_TOKENS:
+            return None
+        return kernels.load()
 
     def dense_weight(self) -> torch.Tensor:
-        module = kernels.load()
-        if module is not None and self.values.dtype == torch.float32 and self.values.device.type == "cpu":
+        if self.values.is_meta:
+            return torch.empty(self.out_features, self.in_features, dtype=self.values.dtype, device="meta")
+        module = self._kernel()
+        if module is not None:
             return module.bitmask_decompress(self.values, self.bitmask, self.row_offsets, self.in_features)
         w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device)
-        w[unpack_bits(self.bitmask, self.in_features)] = self.values[:-8]
+        w[unpack_bits(self.bitmask, self.in_features)] = self.values[:-PAD]
         return w
 
     @property
@@ -53,18 +104,29 @@ class SparseLinear(nn.Module):
         return self.dense_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # decode calls this ~200 times per token: buffers read from _buffers, not through Module.__getattr__
+        buffers = self._buffers
+        values, bitmask, offsets = buffers["values"], buffers["bitmask"], buffers["row_offsets"]
+        module = self._kernel() if x.dtype == values.dtype else None
+        if module is None:
+            return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
         flat = x.reshape(-1, self.in_features)
-        module = kernels.load()
-        if module is not None and flat.shape[0] <= KERNEL_MAX_TOKENS and flat.dtype == torch.float32 \
-                and self.values.dtype == torch.float32 and flat.device.type == "cpu":
-            y = module.bitmask_matmul(self.values, self.bitmask, self.row_offsets, flat)
-            if self.bias is not None:
-                y = y + self.bias
-            return y.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.dense_weight(), self.bias)
+        dtype = values.dtype
+        if flat.shape[0] <= DIRECT_MAX_TOKENS[dtype]:
+            y = module.bitmask_matmul(values, bitmask, offsets, flat)
+        else:
+            compute = torch.float32 if dtype == torch.float16 else dtype
+            w = _buffer(self.out_features, (self.in_features + 31) // 32 * 32, compute)
+            module.bitmask_decompress_into(values, bitmask, offsets, w)
+            y = F.linear(flat.to(compute), w[:, : self.in_features]).to(dtype)
+        bias = self._parameters["bias"]
+        if bias is not None:
+            y = y + bias
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, "
+                f"dtype={str(self.values.dtype).removeprefix('torch.')}")
 
 
 def _linear_weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -74,8 +136,6 @@ def _linear_weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tens
     if isinstance(module, Conv1D):
         return module.weight.detach().t(), module.bias
     return None
-
-
 def is_2_4(weight: torch.Tensor) -> bool:
     """Whether every group of 4 consecutive inputs of every row has at most 2 non-zeros."""
     rows, cols = weight.shape
@@ -116,13 +176,47 @@ def _sparsify_cuda(model: nn.Module, names: list[str]) -> list[str]:
     return replaced
 
 
-def sparsify(model: nn.Module, min_sparsity: float = 0.3, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
+def _decode_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear.forward with decode-sized inputs through the bitmask kernel and an all-ones mask."""
+    weight = self.weight
+    flat = x.reshape(-1, self.in_features)
+    module = kernels.load() if x.dtype == weight.dtype else None
+    if module is None or flat.shape[0] > DIRECT_MAX_TOKENS[weight.dtype]:
+        return F.linear(x, weight, self.bias)
+    y = module.bitmask_matmul(weight.view(-1), self._decode_mask, self._decode_offsets, flat)
+    if self.bias is not None:
+        y = y + self.bias
+    return y.view(*x.shape[:-1], self.out_features)
+
+
+def dense_decode(module: nn.Linear) -> bool:
+    """Let a dense CPU linear (the unpruned head) run decode through the kernel: the weight itself is the
+    value array, so nothing is copied and tied weights stay tied; the mask is all ones (1/32 of the
+    weight's float32 bytes). torch's float32 GEMV reads about a third as fast here (bench/sparse_kernels.py).
+    Returns False (unchanged) when the layer cannot: not on the CPU, not a kernel dtype, or a width the
+    kernel would read past (not a multiple of 32)."""
+    weight = module.weight
+    if (weight.device.type != "cpu" or weight.dtype not in DIRECT_MAX_TOKENS or module.in_features % 32
+            or not weight.is_contiguous() or kernels.load() is None):
+        return False
+    rows, bytes_per_row = module.out_features, module.in_features // 8
+    module._decode_mask = torch.full((rows, bytes_per_row), 255, dtype=torch.uint8)
+    module._decode_offsets = torch.arange(rows, dtype=torch.int64) * module.in_features
+    module.forward = types.MethodType(_decode_forward, module)
+    return True
+
+
+def sparsify(model: nn.Module, min_sparsity: float = 0.3, skip: tuple[str, ...] = ("lm_head",),
+             dense_head: bool = True) -> list[str]:
     """Replace every linear whose weight is at least `min_sparsity` zeros by a `SparseLinear` (CPU) or a
-    2:4 semi-structured weight (CUDA), in place; returns the replaced module names. Tied or skipped layers
-    (the output head) stay dense, and so does everything on other devices (with a warning)."""
-    candidates = []
+    2:4 semi-structured weight (CUDA), in place; returns the replaced module names. Skipped layers (the
+    output head, often tied to the embedding) stay dense; on the CPU `dense_head` runs their decode through
+    the kernel too (`dense_decode`). Everything on other devices stays dense (with a warning)."""
+    candidates, skipped = [], []
     for name, module in list(model.named_modules()):
         if any(part in name.split(".") for part in skip):
+            if isinstance(module, nn.Linear):
+                skipped.append(module)
             continue
         wb = _linear_weight_and_bias(module)
         if wb is None:
@@ -146,4 +240,7 @@ def sparsify(model: nn.Module, min_sparsity: float = 0.3, skip: tuple[str, ...] 
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, SparseLinear(weight.contiguous(), bias))
         replaced.append(name)
+    if dense_head:
+        for module in skipped:
+            dense_decode(module)
     return replaced

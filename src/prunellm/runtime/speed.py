@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import copy
 import time
+import types
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..devices import synchronize
 from . import kernels
-from .sparse_linear import sparsify
+from .sparse_linear import _decode_forward, sparsify
 
 
 @torch.inference_mode()
@@ -26,32 +28,48 @@ def greedy(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> torch.Tensor
                           do_sample=False, num_beams=1, pad_token_id=0)
 
 
-def _best_of(fn, repeats: int, device: torch.device) -> float:
-    best = float("inf")
+def _timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def measure(models: dict[str, tuple[nn.Module, Callable[[], None]]], ids: torch.Tensor, new_tokens: int,
+            repeats: int = 3) -> dict[str, dict]:
+    """Best-of-`repeats` prefill and decode tokens/s of each model, and its greedy tokens.
+
+    `models` maps a name to (model, setup run before each of its timings). The models take turns within
+    every repeat, so a slow stretch of the machine hits all of them alike."""
+    best = {name: {"prefill": float("inf"), "full": float("inf")} for name in models}
+    for model, setup in models.values():  # warm-up (allocations, kernel build)
+        setup()
+        greedy(model, ids[:, :8], 2)
     for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def measure(model: nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int = 3) -> dict:
-    """Best-of-`repeats` prefill tokens/s and decode tokens/s, and the greedy tokens."""
-    greedy(model, ids[:, :8], 2)  # warm-up (allocations, kernel build)
-    prefill = _best_of(lambda: greedy(model, ids, 1), repeats, model.device)
-    full = _best_of(lambda: greedy(model, ids, new_tokens + 1), repeats, model.device)
-    tokens = greedy(model, ids, new_tokens + 1)[0, ids.shape[1]:]
-    decode = max(full - prefill, 1e-9) / new_tokens
-    return {"prefill_tokens_per_s": ids.shape[1] / prefill, "decode_tokens_per_s": 1 / decode,
-            "prefill_s": prefill, "decode_s_per_token": decode, "tokens": tokens.tolist()}
+        for name, (model, setup) in models.items():
+            setup()
+            best[name]["prefill"] = min(best[name]["prefill"], _timed(lambda: greedy(model, ids, 1), model.device))
+            best[name]["full"] = min(best[name]["full"],
+                                     _timed(lambda: greedy(model, ids, new_tokens + 1), model.device))
+    out = {}
+    for name, (model, setup) in models.items():
+        setup()
+        prefill, full = best[name]["prefill"], best[name]["full"]
+        decode = max(full - prefill, 1e-9) / new_tokens
+        out[name] = {"prefill_tokens_per_s": ids.shape[1] / prefill, "decode_tokens_per_s": 1 / decode,
+                     "prefill_s": prefill, "decode_s_per_token": decode,
+                     "tokens": greedy(model, ids, new_tokens + 1)[0, ids.shape[1]:].tolist()}
+    return out
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes held in parameters and buffers (tied tensors counted once)."""
+    """Bytes held in parameters and buffers, and in the dense head's decode mask (tied tensors counted once)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    for module in model.modules():
+        tensors += [getattr(module, a) for a in ("_decode_mask", "_decode_offsets") if hasattr(module, a)]
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in tensors:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
@@ -64,23 +82,48 @@ def _kernel(device: torch.device) -> dict:
         return {"kernel": "cuda 2:4 semi-structured", "kernel_error": None}
     if device.type != "cpu":
         return {"kernel": False, "kernel_error": f"no sparse kernel for {device.type}"}
-    return {"kernel": kernels.load() is not None, "kernel_error": kernels.load_error()}
+    module = kernels.load()
+    return {"kernel": module.isa() if module is not None else False, "kernel_error": kernels.load_error()}
+
+
+def _head_switch(model: nn.Module, on: bool) -> Callable[[], None]:
+    """A setup that turns the dense head's decode kernel (`dense_decode`) on or off."""
+    heads = [m for m in model.modules() if hasattr(m, "_decode_mask")]
+
+    def setup() -> None:
+        for module in heads:
+            if on:
+                module.forward = types.MethodType(_decode_forward, module)
+            else:
+                module.__dict__.pop("forward", None)
+
+    return setup
 
 
 def compare(model: nn.Module, ids: torch.Tensor, new_tokens: int = 32, repeats: int = 3,
             min_sparsity: float = 0.3) -> dict:
-    """Dense vs sparse speed of the same weights; `model` itself is left dense."""
-    dense = measure(model, ids, new_tokens, repeats)
+    """Dense vs sparse speed of the same weights; `model` itself is left dense.
+
+    "sparse" is what `sparsify` gives (on the CPU the dense head's decode runs through the kernel too);
+    "sparse_torch_head" is the same model with the head left to torch, to show what the head adds."""
     sparse_model = copy.deepcopy(model)
     replaced = sparsify(sparse_model, min_sparsity)
-    sparse = measure(sparse_model, ids, new_tokens, repeats)
-    return {
-        "device": str(model.device), "threads": torch.get_num_threads(), "prompt_tokens": ids.shape[1],
-        "new_tokens": new_tokens, **_kernel(model.device), "sparse_layers": len(replaced),
-        "dense": {k: v for k, v in dense.items() if k != "tokens"},
-        "sparse": {k: v for k, v in sparse.items() if k != "tokens"},
+    models = {"dense": (model, lambda: None), "sparse": (sparse_model, _head_switch(sparse_model, True))}
+    if any(hasattr(m, "_decode_mask") for m in sparse_model.modules()):
+        models["sparse_torch_head"] = (sparse_model, _head_switch(sparse_model, False))
+    timed = measure(models, ids, new_tokens, repeats)
+    dense, sparse = timed["dense"], timed["sparse"]
+    result = {
+        "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(), "prompt_tokens": ids.shape[1], "new_tokens": new_tokens,
+        **_kernel(model.device), "sparse_layers": len(replaced),
+        **{name: {k: v for k, v in row.items() if k != "tokens"} for name, row in timed.items()},
         "decode_speedup": sparse["decode_tokens_per_s"] / dense["decode_tokens_per_s"],
         "prefill_speedup": sparse["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"],
         "same_tokens": dense["tokens"] == sparse["tokens"],
         "memory_bytes": {"dense": weight_bytes(model), "sparse": weight_bytes(sparse_model)},
     }
+    if "sparse_torch_head" in timed:
+        result["decode_speedup_torch_head"] = (timed["sparse_torch_head"]["decode_tokens_per_s"]
+                                               / dense["decode_tokens_per_s"])
+    return result
