@@ -176,12 +176,12 @@ def speed_lines() -> list[str]:
     rows = latest_speed_rows()
     if not rows:
         return []
-    lines = ["| target | decode speedup | prefill speedup | compressed size float16 / dense float32 | same greedy tokens |",
-             "|---|---|---|---|---|"]
+    lines = ["| target | dtype | decode speedup | prefill speedup | compressed size float16 / dense float32 "
+             "| same greedy tokens |", "|---|---|---|---|---|---|"]
     for r in rows:
         size = r["sizes"]["compressed_float16"] / r["sizes"]["dense_float32"]
-        lines.append(f"| {r['target']} | {r['decode_speedup']:.2f}× | {r['prefill_speedup']:.2f}× | {size:.1%} | "
-                     f"{r['same_tokens']} |")
+        lines.append(f"| {r['target']} | {r['dtype']} | {r['decode_speedup']:.2f}× | {r['prefill_speedup']:.2f}× | "
+                     f"{size:.1%} | {r['same_tokens']} |")
     return lines
 
 
@@ -240,9 +240,14 @@ def speed_plot(out: Path) -> str | None:
     numeric_speed = [r for r in latest_speed_rows() if ":" not in r["target"]]
     if numeric_speed:
         fig, ax = plt.subplots(figsize=(6, 4))
-        xs = [r["sparsity"] for r in numeric_speed]
-        ax.plot(xs, [r["decode_speedup"] for r in numeric_speed], marker="o", label="decode (1 token)")
-        ax.plot(xs, [r["prefill_speedup"] for r in numeric_speed], marker="s", label="prefill (128 tokens)")
+        for dtype, style in (("float32", "-"), ("bfloat16", "--")):
+            part = [r for r in numeric_speed if r["dtype"] == dtype]
+            xs = [r["sparsity"] for r in part]
+            if part:
+                ax.plot(xs, [r["decode_speedup"] for r in part], marker="o", linestyle=style,
+                        label=f"decode (1 token), {dtype}")
+                ax.plot(xs, [r["prefill_speedup"] for r in part], marker="s", linestyle=style,
+                        label=f"prefill (128 tokens), {dtype}")
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xlabel("sparsity")
         ax.set_ylabel("speed vs dense (×)")

@@ -184,8 +184,11 @@ def profile_cost_table() -> None:
 
 
 def latest_speed_rows() -> list[dict]:
-    """The last sparse_speed run of each target (earlier runs stay in the file as history)."""
-    return list({r["target"]: r for r in _jsonl("sparse_speed_smollm2.jsonl")}.values())
+    """The last sparse_speed run of each target and dtype (earlier runs stay in the file as history; rows
+    from before the bfloat16 kernels have no dtype and are float32)."""
+    rows = {(r["target"], r.get("dtype", "float32")): {"dtype": "float32", **r}
+            for r in _jsonl("sparse_speed_smollm2.jsonl")}
+    return sorted(rows.values(), key=lambda r: (r["dtype"] != "float32", r["dtype"]))
 
 
 def sparse_tables() -> None:
@@ -196,7 +199,7 @@ def sparse_tables() -> None:
     print("| target | dense folder (MiB) | compressed float32 | compressed float16 | pruned weights alone, float32 "
           "| pruned weights alone, float16 | bound (1−s) + 1/(8·bytes) float32 / float16 |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in (r for r in rows if r["dtype"] == "float32"):
         z, s = r["sizes"], r["sparsity"]
         p32, p16 = z["pruned_weights_float32"], z["pruned_weights_float16"]
         print(f"| {r['target']} | {z['dense_float32'] / mib:.0f} | {z['compressed_float32'] / mib:.0f} "
@@ -204,13 +207,14 @@ def sparse_tables() -> None:
               f"({z['compressed_float16'] / z['dense_float32']:.1%}) | {p32['stored'] / p32['dense']:.1%} | "
               f"{p16['stored'] / p16['dense']:.1%} | {1 - s + 1 / 32:.1%} / {1 - s + 1 / 16:.1%} |")
     print()
-    print("| target | threads | decode tok/s dense | decode tok/s sparse | decode speedup | prefill tok/s dense "
-          "| prefill tok/s sparse | greedy tokens identical | weights in memory dense / sparse (MiB) |")
+    print("| target | dtype | decode tok/s dense | decode tok/s sparse | decode speedup (head through torch) "
+          "| prefill tok/s dense | prefill tok/s sparse | greedy tokens identical | weights in memory dense / sparse (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         d, sp = r["dense"], r["sparse"]
-        print(f"| {r['target']} | {r['machine']['threads']} | {d['decode_tokens_per_s']:.1f} | "
-              f"{sp['decode_tokens_per_s']:.1f} | {r['decode_speedup']:.2f}× | {d['prefill_tokens_per_s']:.0f} | "
+        head = f" ({r['decode_speedup_torch_head']:.2f}×)" if "decode_speedup_torch_head" in r else ""
+        print(f"| {r['target']} | {r['dtype']} | {d['decode_tokens_per_s']:.1f} | "
+              f"{sp['decode_tokens_per_s']:.1f} | {r['decode_speedup']:.2f}×{head} | {d['prefill_tokens_per_s']:.0f} | "
               f"{sp['prefill_tokens_per_s']:.0f} | {r['same_tokens']} | "
               f"{r['memory_bytes']['dense'] / mib:.0f} / {r['memory_bytes']['sparse'] / mib:.0f} |")
 
