@@ -104,6 +104,9 @@ def test_prune_from_llm_compressor_recipe(tiny_folder, shared_data, tmp_path):
         (["--solver", "obc"], "unknown solver"),
         (["--calib", "text:/no/such/file.txt"], "not found"),
         (["--sparsity", "0.5", "--pattern", "2:4"], "either --sparsity or --pattern"),
+        (["--quantize", "int4", "--group-size", "48"], "multiple of 32"),
+        (["--quantize", "int4", "--group-size", "256"], "must be a multiple of group_size"),
+        (["--quantize-head"], "quantize_head needs --quantize"),
     ],
 )
 def test_prune_bad_input(tiny_folder, shared_data, tmp_path, capsys, extra, message):
@@ -111,6 +114,35 @@ def test_prune_bad_input(tiny_folder, shared_data, tmp_path, capsys, extra, mess
     assert _prune(tiny_folder, out, "--data-dir", shared_data, *extra) == 2
     assert message in _error_line(capsys)
     assert not out.exists()
+
+
+def test_prune_and_quantize_then_compress_and_bench(tiny_folder, shared_data, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert _prune(tiny_folder, out, "--solver", "wanda", "--sparsity", "0.5", "--quantize", "int4",
+                  "--group-size", "32", "--block-size", "32", "--data-dir", shared_data) == 0
+    report = json.loads((out / REPORT).read_text())
+    assert report["quantization"] == {"scheme": "int4", "group_size": 32, "head": None}
+    assert (out / "quant_scales.safetensors").is_file()
+    from prunellm.cli import main
+
+    assert main(["compress", str(out), str(tmp_path / "c")]) == 0
+    assert "sparse-bitmask+int4g32" in capsys.readouterr().out
+    assert main(["bench", str(tmp_path / "c"), "--repeats", "1", "--new-tokens", "2", "--prompt-tokens", "8"]) == 0
+
+
+def test_recipe_with_a_gptq_modifier(tmp_path):
+    from prunellm.config import PruneConfig
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "stage:\n  modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n"
+        "    GPTQModifier:\n      scheme: W4A16\n      group_size: 64\n      targets: ['Linear']\n"
+    )
+    config = PruneConfig.from_yaml(str(recipe))
+    assert (config.solver, config.sparsity, config.quantize, config.group_size) == ("sparsegpt", 0.5, "int4", 64)
+    recipe.write_text("GPTQModifier:\n  scheme: W8A8\n")
+    with pytest.raises(Exception, match="W8A16"):
+        PruneConfig.from_yaml(str(recipe))
 
 
 def test_prune_refuses_existing_output(tiny_folder, tmp_path, capsys):

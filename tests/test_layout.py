@@ -20,13 +20,14 @@ ALLOWED = {
     "outputs": {"errors"},
     "devices": {"errors"},
     "masks": {"errors"},
-    "solvers": {"errors", "devices", "masks"},
+    "quant": {"errors"},
+    "solvers": {"errors", "devices", "masks", "quant"},
     "allocation": {"errors", "devices", "masks", "solvers"},
-    "config": {"errors", "masks", "solvers", "allocation"},
+    "config": {"errors", "masks", "quant", "solvers", "allocation"},
     "data": {"errors", "hub"},
-    "runtime": {"errors", "devices", "outputs"},
+    "runtime": {"errors", "devices", "outputs", "quant"},
     "models": {"errors", "devices", "hub", "runtime"},
-    "engine": {"errors", "devices", "masks", "solvers", "allocation", "config", "data"},
+    "engine": {"errors", "devices", "masks", "quant", "solvers", "allocation", "config", "data"},
     "evaluation": {"errors", "data"},
 }
 TOP = {"__init__", "__main__", "save", "from_disk", "cli", "plot"}

@@ -125,6 +125,9 @@ def _prune_config(args: argparse.Namespace):
         "ignore": args.ignore,
         "data_dir": args.data_dir,
         "device": args.device,
+        "quantize": args.quantize,
+        "group_size": args.group_size,
+        "quantize_head": args.quantize_head or None,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -271,10 +274,14 @@ def _prune_offloaded(args: argparse.Namespace, config, name: str, source: str, d
 def _cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
-    from .runtime.compressed import compress_folder
     from .outputs import format_table
+    from .runtime.compressed import compress_folder, decompress_folder
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.dense:
+        decompress_folder(args.folder, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.output} (dense weights, dequantized)")
+        return 0
     config = compress_folder(args.folder, args.output, dtype=dtype, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in Path(args.output).iterdir() if f.name.endswith(".safetensors"))
     counts = {}
@@ -386,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--calib-batch-size", type=_positive_int, help="samples per block forward (default 8)")
     pr.add_argument("--targets", type=_csv, help="layers to prune: class names or re:patterns (default Linear)")
     pr.add_argument("--ignore", type=_csv, help="layers to skip (default re:.*lm_head)")
+    pr.add_argument("--quantize", choices=["none", "int8", "int4"],
+                    help="also quantize the kept weights (GPTQ-style, error-compensated; default none)")
+    pr.add_argument("--group-size", type=int,
+                    help="input columns per scale: 0 = per output channel (int8 default), int4 default 128")
+    pr.add_argument("--quantize-head", action="store_true",
+                    help="also round the output head (and a tied embedding) to int8 per output channel")
     pr.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pr.add_argument("--eval-ppl", type=_csv, default=[], help="evaluate perplexity after pruning on these datasets")
@@ -411,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("folder", help="a dense model folder (e.g. written by `prunellm prune`)")
     cp.add_argument("output", help="the compressed folder to write")
     cp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast values first (default: keep)")
+    cp.add_argument("--dense", action="store_true",
+                    help="the other way: a compressed folder to a plain dense one (quantized weights dequantized)")
     cp.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     cp.set_defaults(func=_cmd_compress)
 

@@ -20,6 +20,9 @@ from .masks import Target, parse_pattern
 
 # llm-compressor modifier classes accepted in a nested recipe, and the solver each means.
 MODIFIERS = {"MagnitudePruningModifier": "magnitude", "WandaPruningModifier": "wanda", "SparseGPTModifier": "sparsegpt"}
+# llm-compressor's weight-only schemes (weights int8 / int4, activations kept) and their `quantize` value
+QUANT_MODIFIERS = ("GPTQModifier", "QuantizationModifier")
+SCHEMES = {"W8A16": "int8", "W4A16": "int4"}
 
 
 @dataclass
@@ -52,6 +55,9 @@ class PruneConfig:
     als_direction: str = "sparser"  # ALS: more redundant ⇒ "sparser" (default) or "denser"
     profile_samples: int | None = None  # calibration samples used by the profiling pass (default all)
     data_dir: str | None = None
+    quantize: str = "none"  # kept weights: none, int8 or int4 (symmetric, a scale per row and group)
+    group_size: int | None = None  # input columns per scale: 0 = per output channel; default int8 0, int4 128
+    quantize_head: bool = False  # also the output head, round-to-nearest int8 per output channel
     device: str = "auto"  # compute device: auto (the model's accelerator, else the first one, else cpu), cpu, cuda[:N], mps, xpu
 
     def allocation_options(self) -> dict[str, float]:
@@ -62,6 +68,12 @@ class PruneConfig:
             "als_bounds": tuple(self.als_bounds) if self.als_bounds else None,
             "als_granularity": self.als_granularity, "als_direction": self.als_direction,
         }
+
+    def quant_scheme(self):
+        """The `quant.QuantScheme` of `quantize` / `group_size` (None without quantization)."""
+        from .quant import scheme
+
+        return scheme(self.quantize, self.group_size)
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -116,6 +128,11 @@ class PruneConfig:
             raise UsageError("mask_selection 'loss' (Solution M) needs an N:M mask_structure")
         if str(self.device).split(":")[0] not in ("auto", "cpu", "cuda", "mps", "xpu"):
             raise UsageError(f"unknown device {self.device!r}; choose one of auto, cpu, cuda, cuda:N, mps, xpu")
+        quant = self.quant_scheme()
+        if quant is not None and quant.group_size and self.block_size % quant.group_size:
+            raise UsageError(f"block_size {self.block_size} must be a multiple of group_size {quant.group_size}")
+        if self.quantize_head and self.quantize == "none":
+            raise UsageError("quantize_head needs --quantize int8 or int4")
         if not 0.0 < self.dampening_frac:
             raise UsageError(f"dampening_frac must be positive, got {self.dampening_frac}")
         return self
@@ -154,20 +171,36 @@ class PruneConfig:
 
 
 def _flatten_recipe(data: dict[str, Any]) -> dict[str, Any]:
-    """Find a `*Modifier: {args}` entry at any depth and turn it into flat config fields."""
+    """Find the `*Modifier: {args}` entries at any depth and turn them into flat config fields: a pruning
+    modifier's arguments as they are, a GPTQModifier / QuantizationModifier's `scheme` (W8A16, W4A16)
+    and `group_size` as `quantize` and `group_size`."""
 
-    def find(node: Any) -> tuple[str, dict] | None:
+    def find(node: Any, names) -> tuple[str, dict] | None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in MODIFIERS and isinstance(value, dict):
+                if key in names and isinstance(value, dict):
                     return key, value
-                hit = find(value)
+                hit = find(value, names)
                 if hit:
                     return hit
         return None
 
-    hit = find(data)
-    if hit is None:
+    prune, quant = find(data, MODIFIERS), find(data, QUANT_MODIFIERS)
+    if prune is None and quant is None:
         return dict(data)
-    modifier, args = hit
-    return {"solver": MODIFIERS[modifier], **args}
+    flat: dict[str, Any] = {}
+    if prune is not None:
+        flat = {"solver": MODIFIERS[prune[0]], **prune[1]}
+    if quant is not None:
+        args = dict(quant[1])
+        name = args.pop("scheme", None)
+        if name not in SCHEMES:
+            raise UsageError(f"{quant[0]} scheme must be one of {', '.join(SCHEMES)} (weights only), got {name!r}")
+        flat["quantize"] = SCHEMES[name]
+        if "group_size" in args:
+            flat["group_size"] = args.pop("group_size")
+        args.pop("targets", None)
+        args.pop("ignore", None)
+        if args:
+            raise UsageError(f"unsupported {quant[0]} field(s): {', '.join(sorted(args))}")
+    return flat

@@ -22,7 +22,7 @@ import torch
 from .devices import resolve_device
 from .errors import UsageError
 from .hub import hub_reachable
-from .runtime.compressed import is_compressed, load_compressed
+from .runtime.compressed import attach_quant, is_compressed, load_compressed, read_scales
 
 log = logging.getLogger(__name__)
 
@@ -201,5 +201,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device
             f"cannot load model {name_or_path!r}: not a built-in ({', '.join(BUILTINS)}), "
             f"not a readable folder, and {where} ({first})"
         ) from exc
+    if Path(source).is_dir():
+        attach_quant(model, read_scales(source))  # a quantized dense folder: its weights stay on their grid
     model.to(device).eval()
     return model, tokenizer

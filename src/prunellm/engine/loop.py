@@ -22,6 +22,7 @@ from ..data import calibration_batch
 from ..devices import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import UsageError
 from ..masks import Target
+from ..quant import QuantScheme, quantize_rtn
 from ..solvers import SOLVERS, LayerStats, PruneResult
 from . import distributed
 from .activations import activation_store
@@ -84,6 +85,26 @@ def _layer_row(name: str, module: nn.Module, target: Target, solve_s: float, res
     }
 
 
+def remember_quant(module: nn.Module, scheme: QuantScheme | None, scales: torch.Tensor | None) -> None:
+    """Keep a quantized layer's scheme and scales on the module (on the CPU), for saving and the runtime."""
+    if scheme is not None and scales is not None:
+        module.prunellm_quant = scheme
+        module.prunellm_scales = scales.detach().cpu()
+
+
+def _quantize_head(model: nn.Module) -> str | None:
+    """Round the output head to int8 per output channel (no calibration reaches it); a tied embedding
+    shares the rounded weight. Returns the head's module name, or None when it is not a linear."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        return None
+    scheme = QuantScheme(8, 0)
+    weight, scales = quantize_rtn(get_weight(head), scheme)
+    set_weight(head, weight)
+    remember_quant(head, scheme, scales)
+    return next(name for name, module in model.named_modules() if module is head)
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -115,6 +136,12 @@ def prune(
     uniform = config.target()
     targets = {name: uniform for layers in per_block for name in layers}
     model.eval()
+    quant = config.quant_scheme()
+    if quant is not None and any(not isinstance(m, nn.Linear) for layers in per_block for m in layers.values()):
+        raise UsageError("--quantize covers nn.Linear layers only (GPT-2's Conv1D layers are not supported)")
+    needs = solver.needs | ({"hessian"} if quant is not None else set())  # GPTQ reads the Hessian
+    if config.quantize_head and getattr(residency, "checkpoint", None) is not None:
+        raise UsageError("quantize_head needs the model in memory (the head is never loaded with --offload disk)")
     device = getattr(residency, "device", None) or resolve_device(config.device, module_device(model))
     residency = residency or InMemory(model, stack, device)
     progress = progress and distributed.is_main()
@@ -133,7 +160,7 @@ def prune(
     t_start = time.perf_counter()
     allocation = None
     if layer_targets is None and config.allocation != "uniform":
-        needs_data = solver.needs or ALLOCATIONS[config.allocation].needs
+        needs_data = needs or ALLOCATIONS[config.allocation].needs
         if needs_data and calibration_ids is None:
             calibration_ids = _calibration_ids(tokenizer, config)
         result, profile_s = allocate_targets(model, stack.path, stack, per_block, config, calibration_ids, progress,
@@ -147,12 +174,12 @@ def prune(
     _check_targets(per_block, targets)
     hook_s = 0.0  # time spent in on_layer, excluded from prune_s
     rows: list[dict] = []
-    if solver.needs and calibration_ids is None:
+    if needs and calibration_ids is None:
         calibration_ids = _calibration_ids(tokenizer, config)
     bar = tqdm(total=len(stack), desc=f"{config.solver} prune", unit="block", disable=not progress)
     stream = None
-    if solver.needs:
-        stream = BlockStream(model, stack, per_block, calibration_ids, solver.needs,
+    if needs:
+        stream = BlockStream(model, stack, per_block, calibration_ids, needs,
                              config.calibration_batch_size, config.propagate,
                              residency=residency, save=True, activations=store())
         blocks = iter(stream)
@@ -180,8 +207,10 @@ def prune(
                 block_size=config.block_size,
                 dampening_frac=config.dampening_frac,
                 mask_selection=config.mask_selection,
+                quant=quant,
             )
             set_weight(module, result.weight)
+            remember_quant(module, quant, result.scales)
             block_rows[k] = _layer_row(name, module, targets[name], time.perf_counter() - t0, result)
             if on_layer is not None:
                 t0 = time.perf_counter()
@@ -190,10 +219,14 @@ def prune(
         for k, (name, module) in enumerate(items):
             distributed.share_weight(module.weight, owners[k])
             rows.append(distributed.share_object(block_rows.get(k), owners[k]))
+            if quant is not None:
+                remember_quant(module, quant, distributed.share_object(getattr(module, "prunellm_scales", None),
+                                                                        owners[k]))
         if collector is None:
             residency.release(i, save=True)
         bar.update(1)
     bar.close()
+    head = _quantize_head(model) if config.quantize_head else None
     forward_s = stream.forward_s if stream else 0.0
     prune_s = time.perf_counter() - t_start - hook_s
 
@@ -204,6 +237,7 @@ def prune(
         "blocks": {"path": stack.path, "count": len(stack)},
         "sparsity": zeros / total if total else 0.0,
         **({"allocation": allocation} if allocation else {}),
+        **({"quantization": {"scheme": quant.name, "group_size": quant.group_size, "head": head}} if quant else {}),
         "layers": rows,
         "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
         **({"processes": distributed.world_size()} if distributed.is_active() else {}),

@@ -6,6 +6,11 @@ order), `W.shape`, `W.row_offsets`. N:M weights use its `sparse-24-bitmask` idea
 `W.compressed` is the dense R × C·(M−N)/M matrix of kept values, so a kernel can index it directly.
 Each tensor gets its own N for the model's M (OWL's mixed N:M gives 1:4 and 3:4 blocks in a 2:4 model).
 
+Quantized weights (int8, or int4 packed two per byte, low nibble first) store their codes as
+`W.qvalues` in place of `W.compressed`, with `W.scales` (float32, rows × groups): the encoding gains a
+suffix `+int8g0` / `+int4g128` (bits, group size; 0 = per output channel), and a dense-stored tensor is
+`dense+int8g0` (`W.qvalues`, `W.scales`, `W.shape`).
+
 A weight is "kept" where its bits are not all zero (so −0.0 survives and the round trip is
 bit-exact). The weights go to `model.sparse.safetensors` (not `model.safetensors`, so a plain
 `from_pretrained` fails loudly instead of initialising random weights) and `sparse_config.json`
@@ -20,11 +25,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import UsageError
 from ..outputs import REPORT, atomic_folder
+from ..quant import QuantScheme, dequantize
 
 CONFIG = "sparse_config.json"
 WEIGHTS = "model.sparse.safetensors"
@@ -68,9 +74,77 @@ def nm_keep(w: torch.Tensor, m: int) -> tuple[int, torch.Tensor] | None:
     return n, keep.view(rows, cols)
 
 
-def encode(w: torch.Tensor, nm: tuple[int, int] | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+Quant = tuple[QuantScheme, torch.Tensor]  # a quantized weight's scheme and scales (rows × groups)
+
+
+def quant_suffix(scheme: QuantScheme) -> str:
+    return f"+{scheme.name}g{scheme.group_size}"
+
+
+def split_encoding(encoding: str) -> tuple[str, QuantScheme | None]:
+    """"sparse-bitmask+int4g128" → ("sparse-bitmask", QuantScheme(4, 128))."""
+    base, _, quant = encoding.partition("+")
+    if not quant:
+        return base, None
+    bits, _, group = quant.removeprefix("int").partition("g")
+    if bits not in ("8", "4") or not group.isdigit():
+        raise UsageError(f"unknown quantization {quant!r} in encoding {encoding!r}")
+    return base, QuantScheme(int(bits), int(group))
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes in [-8, 7] (flat) → uint8, two per byte, the first in the low nibble."""
+    nibbles = (codes.flatten().to(torch.int16) & 15).to(torch.uint8)
+    if nibbles.numel() % 2:
+        nibbles = torch.cat([nibbles, nibbles.new_zeros(1)])
+    return nibbles[0::2] | (nibbles[1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of `pack_int4`: the first `count` codes as int8."""
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten()[:count].to(torch.int8)
+    return torch.where(nibbles > 7, nibbles - 16, nibbles)
+
+
+def column_scales(scheme: QuantScheme, scales: torch.Tensor, cols: int) -> torch.Tensor:
+    """Each entry's scale (rows × cols) from the scales of its row and group."""
+    return scales.repeat_interleave(scheme.width(cols), dim=1)[:, :cols]
+
+
+def quantized_codes(name: str, w: torch.Tensor, quant: Quant) -> torch.Tensor:
+    """The int8 codes of a weight that lies on its grid (code · scale == w exactly), else an error."""
+    scheme, scales = quant
+    per_entry = column_scales(scheme, scales.float(), w.shape[1])
+    codes = torch.round(w.float() / per_entry)
+    exact = dequantize(codes, scales.float(), scheme)  # a 16-bit weight holds code · scale rounded: eps apart
+    if codes.abs().max() > scheme.qmax or not torch.allclose(w.float(), exact, rtol=torch.finfo(w.dtype).eps, atol=0):
+        raise UsageError(f"{name}: the weight is not on its {scheme.name} grid (changed after quantization?)")
+    return codes.to(torch.int8)
+
+
+def _store_codes(codes: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    return pack_int4(codes) if scheme.bits == 4 else codes
+
+
+def encode(w: torch.Tensor, nm: tuple[int, int] | None = None, quant: Quant | None = None,
+           name: str = "weight") -> tuple[str, dict[str, torch.Tensor]]:
     """One weight → (encoding name, tensors to store under `name.<key>`). With a model-wide N:M, the
-    tensor is stored as N':M with its own N' (its fullest group decides), so mixed-N blocks stay dense-indexable."""
+    tensor is stored as N':M with its own N' (its fullest group decides), so mixed-N blocks stay dense-indexable.
+    With `quant` the kept values are stored as codes (`qvalues`) beside their scales."""
+    if quant is not None:
+        codes = quantized_codes(name, w, quant)
+        w = dequantize(codes, quant[1].float(), quant[0]).to(w.dtype)  # −0 → +0: a zero code stores no sign
+        zeros = float((codes == 0).double().mean())
+        pays = zeros > 1 / quant[0].bits + 0.01  # the bitmask costs 1 bit per weight, a code `bits`
+        base, parts = encode(w, nm) if pays else ("dense", {})
+        if base == "dense":
+            parts = {"qvalues": _store_codes(codes, quant[0]), "shape": torch.tensor(w.shape, device="cpu")}
+        else:
+            keep = unpack_bits(parts["bitmask"], w.shape[1])
+            kept = codes[keep].view(parts.pop("compressed").shape)
+            parts["qvalues"] = _store_codes(kept, quant[0])
+        parts["scales"] = quant[1].float().contiguous()
+        return base + quant_suffix(quant[0]), parts
     layout = nm_keep(w, nm[1]) if nm and w.dim() == 2 else None
     if layout is not None:
         n, keep = layout
@@ -83,16 +157,56 @@ def encode(w: torch.Tensor, nm: tuple[int, int] | None = None) -> tuple[str, dic
                               "row_offsets": counts.cumsum(0) - counts}
 
 
-def decode(name: str, encoding: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Inverse of `encode`, checking that every part is consistent (never silently zero weights)."""
+def _dequantized_values(name: str, scheme: QuantScheme, parts: dict[str, torch.Tensor], shape: tuple[int, int],
+                        keep: torch.Tensor | None) -> torch.Tensor:
+    """The float32 values of a quantized weight's stored codes (all entries, or those under `keep`)."""
+    rows, cols = shape
+    scales, stored = parts.get("scales"), parts.get("qvalues")
+    if scales is None or stored is None:
+        raise UsageError(f"compressed weight {name}: missing qvalues or scales")
+    if tuple(scales.shape) != (rows, scheme.groups(cols)) or scales.dtype != torch.float32:
+        raise UsageError(f"compressed weight {name}: scales {tuple(scales.shape)} do not fit shape {shape}")
+    count = rows * cols if keep is None else int(keep.sum())
+    expected = (torch.uint8, (count + 1) // 2) if scheme.bits == 4 else (torch.int8, count)
+    if (stored.dtype, stored.numel()) != expected:
+        raise UsageError(f"compressed weight {name}: {stored.numel()} {stored.dtype} codes for {count} values")
+    codes = unpack_int4(stored, count) if scheme.bits == 4 else stored.flatten()
+    if codes.numel() and int(codes.abs().max()) > scheme.qmax:
+        raise UsageError(f"compressed weight {name}: codes outside the {scheme.name} range")
+    per_entry = column_scales(scheme, scales, cols)
+    if keep is None:
+        return codes.view(rows, cols).float() * per_entry + 0.0
+    return codes.float() * per_entry[keep] + 0.0
+
+
+def _shape_and_mask(name: str, parts: dict[str, torch.Tensor]) -> tuple[tuple[int, int], torch.Tensor]:
+    """A stored weight's shape and bitmask, checked against each other."""
     try:
         shape = tuple(int(v) for v in parts["shape"])
-        values, bitmask = parts["compressed"], parts["bitmask"]
+        bitmask = parts["bitmask"]
     except KeyError as exc:
         raise UsageError(f"compressed weight {name}: missing {exc.args[0]!r}") from None
-    rows, cols = shape
-    if tuple(bitmask.shape) != (rows, (cols + 7) // 8) or bitmask.dtype != torch.uint8:
+    if tuple(bitmask.shape) != (shape[0], (shape[1] + 7) // 8) or bitmask.dtype != torch.uint8:
         raise UsageError(f"compressed weight {name}: bitmask {tuple(bitmask.shape)} does not fit shape {shape}")
+    return shape, bitmask
+
+
+def decode(name: str, encoding: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Inverse of `encode`, checking that every part is consistent (never silently zero weights).
+    Quantized weights come back dequantized, in float32."""
+    encoding, scheme = split_encoding(encoding)
+    if scheme is not None and encoding == "dense":
+        if "shape" not in parts:
+            raise UsageError(f"compressed weight {name}: missing 'shape'")
+        return _dequantized_values(name, scheme, parts, tuple(int(v) for v in parts["shape"]), None)
+    if scheme is not None:  # the codes become the values, then the checks below apply as for floats
+        shape, bitmask = _shape_and_mask(name, parts)
+        values = _dequantized_values(name, scheme, parts, shape, unpack_bits(bitmask, shape[1]))
+        parts = {**parts, "compressed": values if encoding == "sparse-bitmask" else values.view(shape[0], -1)}
+    shape, bitmask = _shape_and_mask(name, parts)
+    if "compressed" not in parts:
+        raise UsageError(f"compressed weight {name}: missing 'compressed'")
+    values, (rows, cols) = parts["compressed"], shape
     keep = unpack_bits(bitmask, cols)
     if int(keep.sum()) != values.numel() or bool((pack_bits(keep) != bitmask).any()):
         raise UsageError(f"compressed weight {name}: bitmask has {int(keep.sum())} bits set for "
@@ -117,10 +231,17 @@ def _sha256(path: Path) -> str:
 
 
 def compress_state(state: dict[str, torch.Tensor], nm: tuple[int, int] | None = None,
-                   names: set[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Encode 2-D floating tensors that the bitmask layout makes smaller (or those in `names`)."""
+                   names: set[str] | None = None, quant: dict[str, Quant] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Encode 2-D floating tensors that the bitmask layout makes smaller (or those in `names`), and every
+    quantized one (`quant`: name → scheme and scales) as codes."""
     out, encodings = {}, {}
+    quant = quant or {}
     for name, w in state.items():
+        if name in quant:
+            encodings[name], parts = encode(w, nm, quant[name], name)
+            out.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
+            continue
         sparse_enough = False
         if w.dim() == 2 and w.is_floating_point():
             zeros = 1 - float(nonzero_bits(w).double().mean())
@@ -135,7 +256,7 @@ def compress_state(state: dict[str, torch.Tensor], nm: tuple[int, int] | None = 
 
 
 def _read_dense_folder(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(f for f in folder.glob("*.safetensors") if f.name != SCALES)
     if not files:
         raise UsageError(f"{folder} has no .safetensors weights to compress")
     state = {}
@@ -153,9 +274,10 @@ def _structure(folder: Path) -> tuple[int, int] | None:
     return (n, m) if m else None
 
 
-def write_compressed(state: dict[str, torch.Tensor], folder: Path, nm: tuple[int, int] | None = None) -> dict:
+def write_compressed(state: dict[str, torch.Tensor], folder: Path, nm: tuple[int, int] | None = None,
+                     quant: dict[str, Quant] | None = None) -> dict:
     """Write `state` into `folder` as model.sparse.safetensors + sparse_config.json; returns the config."""
-    tensors, encodings = compress_state(state, nm)
+    tensors, encodings = compress_state(state, nm, quant=quant)
     save_file(tensors, folder / WEIGHTS, metadata={"format": FORMAT})
     config = {
         "format": FORMAT, "version": VERSION, "bit_order": "little",
@@ -181,12 +303,34 @@ def mark_config(folder: Path, structure: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+SCALES = "quant_scales.safetensors"  # a dense folder's quantization scales, beside its dequantized weights
+
+
+def write_scales(folder: Path, quant: dict[str, Quant]) -> None:
+    """Store the scales of a dense folder's quantized weights (`name.scales`, scheme in the metadata)."""
+    if quant:
+        save_file({f"{name}.scales": q[1].float().contiguous() for name, q in quant.items()}, folder / SCALES,
+                  metadata={name: quant_suffix(q[0]) for name, q in quant.items()})
+
+
+def read_scales(folder: str | Path) -> dict[str, Quant]:
+    """The quantized weights of a dense folder (empty when it has none)."""
+    path = Path(folder) / SCALES
+    if not path.is_file():
+        return {}
+    with safe_open(path, "pt") as f:
+        schemes = {name: split_encoding(suffix)[1] for name, suffix in (f.metadata() or {}).items()
+                   if name != "format"}
+        return {name: (scheme, f.get_tensor(f"{name}.scales")) for name, scheme in schemes.items()}
+
+
 def compress_in_place(folder: Path) -> dict:
     """Replace a dense folder's safetensors weights by the compressed layout (used while staging)."""
+    quant = read_scales(folder)
     state = _read_dense_folder(folder)
     for f in list(folder.glob("*.safetensors")) + list(folder.glob("model.safetensors.index.json")):
         f.unlink()
-    config = write_compressed(state, folder, _structure(folder))
+    config = write_compressed(state, folder, _structure(folder), quant)
     mark_config(folder, config["sparsity_structure"])
     return config
 
@@ -199,18 +343,38 @@ def compress_folder(src: str | Path, dst: str | Path, dtype: torch.dtype | None 
         raise UsageError(f"{src} is not a model folder (no config.json)")
     if is_compressed(src):
         raise UsageError(f"{src} is already compressed")
+    quant = read_scales(src)
     state = _read_dense_folder(src)
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if dtype is not None:  # quantized weights are stored as codes: their dtype does not matter
+        state = {k: v.to(dtype) if v.is_floating_point() and k not in quant else v for k, v in state.items()}
     with atomic_folder(dst, overwrite) as staging:
         for f in src.iterdir():
             if f.is_file() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
                 shutil.copy2(f, staging / f.name)
         if dtype is not None:
             _set_config_dtype(staging / "config.json", dtype)
-        config = write_compressed(state, staging, _structure(src))
+        config = write_compressed(state, staging, _structure(src), quant)
         mark_config(staging, config["sparsity_structure"])
         return config
+
+
+def decompress_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """Write a compressed folder back as a plain dense one (quantized weights dequantized, their scales
+    kept beside them in quant_scales.safetensors), loadable by any tool that reads safetensors."""
+    src = Path(src)
+    if not is_compressed(src):
+        raise UsageError(f"{src} is not a compressed folder (no {CONFIG})")
+    state, quant = load_state_and_quant(src)
+    with atomic_folder(dst, overwrite) as staging:
+        for f in src.iterdir():
+            if f.is_file() and f.name not in (CONFIG, WEIGHTS, "config.json"):
+                shutil.copy2(f, staging / f.name)
+        config = json.loads((src / "config.json").read_text())
+        config.pop("quantization_config", None)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file({k: v.contiguous() for k, v in state.items()}, staging / "model.safetensors", metadata={"format": "pt"})
+        write_scales(staging, quant)
+    return Path(dst)
 
 
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
@@ -243,9 +407,14 @@ def read_config(folder: str | Path) -> dict:
 
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
     """Decompress a folder's weights to a plain state dict, verifying checksums and layouts."""
+    return load_state_and_quant(folder)[0]
+
+
+def load_state_and_quant(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Quant]]:
+    """`load_state`, and the scheme and scales of each quantized weight (dequantized in the state)."""
     folder = Path(folder)
     config = read_config(folder)
-    stored = {}
+    stored, quant = {}, {}
     for fname in config["files"]:
         path = folder / fname
         try:
@@ -262,7 +431,40 @@ def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
             prefix = f"{name}."
             parts = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
             state[name] = decode(name, encoding, parts)
-    return state
+            scheme = split_encoding(encoding)[1]
+            if scheme is not None:
+                quant[name] = (scheme, parts["scales"])
+    return state, quant
+
+
+def model_quant(model: torch.nn.Module, names: set[str] | None = None) -> dict[str, Quant]:
+    """The quantized weights of a model (modules carrying `prunellm_quant` / `prunellm_scales`, set by the
+    prune loop or `attach_quant`), by parameter name; a tied weight under the name in `names` (the saved
+    keys), when given."""
+    quant = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        scheme = getattr(module, "prunellm_quant", None)
+        if scheme is None:
+            continue
+        weight = module.weight
+        candidates = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight]
+        if names is not None:
+            candidates = [n for n in candidates if n in names]
+        for name in candidates[:1]:
+            quant[name] = (scheme, module.prunellm_scales)
+    return quant
+
+
+def attach_quant(model: torch.nn.Module, quant: dict[str, Quant]) -> None:
+    """Mark the modules whose weight `quant` names (and any module sharing that weight) as quantized."""
+    if not quant:
+        return
+    params = dict(model.named_parameters(remove_duplicate=False))
+    weights = {id(params[name]): q for name, q in quant.items() if name in params}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and id(weight) in weights:
+            module.prunellm_quant, module.prunellm_scales = weights[id(weight)]
 
 
 def load_compressed(folder: str | Path, dtype: str | None = None):
@@ -270,7 +472,7 @@ def load_compressed(folder: str | Path, dtype: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
-    state = load_state(folder)
+    state, quant = load_state_and_quant(folder)
     config = AutoConfig.from_pretrained(folder)
     config.__dict__.pop("quantization_config", None)  # the model built here is a plain dense one
     torch_dtype = getattr(torch, dtype) if dtype else next(v for v in state.values() if v.is_floating_point()).dtype
@@ -281,5 +483,6 @@ def load_compressed(folder: str | Path, dtype: str | None = None):
     if missing or unexpected:
         raise UsageError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
+    attach_quant(model, quant)
     tokenizer = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").exists() else None
     return model.eval(), tokenizer

@@ -27,10 +27,12 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import UsageError
-from .compressed import FORMAT, QUANT_METHOD, VERSION, WEIGHTS, decode, mark_config, read_config, write_compressed
+from .compressed import (FORMAT, QUANT_METHOD, VERSION, WEIGHTS, attach_quant, decode, mark_config, model_quant,
+                         read_config, split_encoding, write_compressed)
 from .sparse_linear import SparseLinear
 
-_PARTS = ("compressed", "bitmask", "shape", "row_offsets")
+_PARTS = ("compressed", "qvalues", "scales", "bitmask", "shape", "row_offsets")
+_BUFFERS = ("values", "bitmask", "row_offsets", "scales")
 
 
 class PrunellmSparseConfig(QuantizationConfigMixin):
@@ -62,7 +64,10 @@ class PrunellmDeserialize(ConversionOps):
         layer = model.get_submodule(module_name)
         if module_name in self.hf_quantizer.transposed:
             dense = dense.t()
-        buffers = SparseLinear.encode(dense.to(layer.values.dtype).contiguous())
+        if layer.scheme is not None:
+            buffers = SparseLinear.encode(dense.contiguous(), (layer.scheme, parts["scales"]))
+        else:
+            buffers = SparseLinear.encode(dense.to(layer.values.dtype).contiguous())
         return {f"{module_name}.{key}": value for key, value in buffers.items()}
 
 
@@ -79,6 +84,7 @@ class PrunellmSparseQuantizer(HfQuantizer):
         self.sparse_modules: set[str] = set()
         self.transposed: set[str] = set()  # GPT-2's Conv1D store W as in × out
         self.dense_tensors: list[str] = []  # compressed tensors that are not a linear's weight
+        self.folder: Path | None = None
 
     def validate_environment(self, device_map=None, **kwargs) -> None:
         if isinstance(device_map, dict) and len(set(device_map.values())) > 1:
@@ -90,7 +96,7 @@ class PrunellmSparseQuantizer(HfQuantizer):
         return config
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, dtype=None, **kwargs):
-        folder = Path(checkpoint_files[0]).parent
+        folder = self.folder = Path(checkpoint_files[0]).parent
         sparse_config = read_config(folder)  # format, version and every file's checksum
         self.encodings = {name: enc for name, enc in sparse_config["tensors"].items() if enc != "dense"}
         for name in self.encodings:
@@ -102,7 +108,7 @@ class PrunellmSparseQuantizer(HfQuantizer):
             transposed = isinstance(module, Conv1D)
             out_features, in_features = module.weight.shape[::-1] if transposed else module.weight.shape
             layer = SparseLinear.skeleton(out_features, in_features, dtype or module.weight.dtype,
-                                          module.bias is not None)
+                                          module.bias is not None, split_encoding(self.encodings[name])[1])
             parent_name, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
             self.sparse_modules.add(module_name)
@@ -112,7 +118,7 @@ class PrunellmSparseQuantizer(HfQuantizer):
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         module_name, _, buffer = param_name.rpartition(".")
-        return module_name in self.sparse_modules and buffer in ("values", "bitmask", "row_offsets")
+        return module_name in self.sparse_modules and buffer in _BUFFERS
 
     def get_weight_conversions(self):
         """The linears' parts into their SparseLinear (`serialized_names`), and one exact converter for each
@@ -123,11 +129,24 @@ class PrunellmSparseQuantizer(HfQuantizer):
                  for name in self.dense_tensors]
         return exact + super().get_weight_conversions()
 
+    def _quantized_dense_tensors(self) -> dict:
+        """Scheme and scales of the quantized tensors that are no linear's weight (a quantized embedding,
+        tied to the head), read from the file: transformers copies the conversion ops, so they keep none."""
+        from safetensors import safe_open
+
+        quantized = {name: split_encoding(self.encodings[name])[1] for name in self.dense_tensors}
+        quantized = {name: scheme for name, scheme in quantized.items() if scheme is not None}
+        if not quantized:
+            return {}
+        with safe_open(self.folder / WEIGHTS, "pt") as f:
+            return {name: (scheme, f.get_tensor(f"{name}.scales")) for name, scheme in quantized.items()}
+
     def get_load_operations(self) -> dict:
         return {"deserialize": PrunellmDeserialize}
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         model.config.__dict__.pop("transformers_weights", None)
+        attach_quant(model, self._quantized_dense_tensors())
         model.save_pretrained = types.MethodType(save_compressed, model)
         return model
 
@@ -148,8 +167,8 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = dict(model.state_dict())
     for name, module in model.named_modules():
         if isinstance(module, SparseLinear):
-            for key in ("values", "bitmask", "row_offsets"):
-                state.pop(f"{name}.{key}")
+            for key in _BUFFERS:
+                state.pop(f"{name}.{key}", None)
             weight = module.dense_weight()
             state[f"{name}.weight"] = weight.t().contiguous() if name in transposed else weight
     return remove_tied_weights_from_state_dict(state, model)
@@ -168,7 +187,11 @@ def save_compressed(model, save_directory: str | Path, is_main_process: bool = T
     nm = tuple(int(v) for v in structure.split(":")) if ":" in structure else None
     for stale in list(folder.glob("*.safetensors")) + list(folder.glob("*.safetensors.index.json")):
         stale.unlink()
-    config = write_compressed({k: v.detach().cpu() for k, v in dense_state(model).items()}, folder, nm)
+    state = {k: v.detach().cpu() for k, v in dense_state(model).items()}
+    quant = model_quant(model, set(state))
+    quant.update({f"{name}.weight": (module.scheme, module.scales.float().cpu()) for name, module in model.named_modules()
+                  if isinstance(module, SparseLinear) and module.scheme is not None})
+    config = write_compressed(state, folder, nm, quant)
     mark_config(folder, config["sparsity_structure"])
 
 

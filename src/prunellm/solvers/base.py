@@ -38,6 +38,7 @@ class PruneResult:
     weight: torch.Tensor  # pruned (and possibly updated) weight, float32, (out, in)
     mask: torch.Tensor  # True where pruned
     info: dict = field(default_factory=dict)  # solver-specific numbers for the report (e.g. loss)
+    scales: torch.Tensor | None = None  # quantized solves: the scale of each row and group (weight = code · scale)
 
 
 class SolverFn(Protocol):

@@ -19,8 +19,9 @@ import torch
 from ..devices import wide_float
 from ..errors import UsageError
 from ..masks import Target, lowest_k
+from ..quant import QuantScheme, dequantize
 from .base import LayerStats, PruneResult, register
-from .sparsegpt import inverse_hessian_factor, prepare_hessian
+from .sparsegpt import column_pass, inverse_hessian_factor, prepare_hessian, quantizer_for
 
 ROW_CHUNK = 512  # rows solved per batched call, bounds the (rows × q × q) workspace
 
@@ -125,8 +126,12 @@ def mrp_prune(
     dampening_frac: float = 0.01,
     selection: str = "score",
     fixed_mask: torch.Tensor | None = None,
+    quant: QuantScheme | None = None,
 ) -> PruneResult:
-    """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations)."""
+    """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations).
+
+    With `quant`, after each block's update its kept weights are quantized column by column with the
+    error propagated through the same factor (GPTQ with the block's mask fixed)."""
     wide = wide_float(weight.device)  # float64 where the device has it
     W = weight.to(wide, copy=True)
     U, used_damp = inverse_hessian_factor(hessian.to(wide), dampening_frac)
@@ -135,6 +140,7 @@ def mrp_prune(
         block_size = max(target.m, block_size - block_size % target.m)
     mask = torch.zeros_like(W, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=wide, device=W.device)
+    quantizer = quantizer_for(W, quant, block_size)
     fallbacks = 0
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -149,12 +155,17 @@ def mrp_prune(
         mask[:, i1:i2] = block_mask
         losses += loss
         fallbacks += bad
+        if quantizer is not None:
+            column_pass(W, U, i1, i2, mask, None, quantizer)
     info = {"loss": float(losses.sum())}
     if used_damp != dampening_frac:
         info["dampening_frac"] = used_damp
     if fallbacks:
         info["jittered_systems"] = fallbacks
-    return PruneResult(W.float(), mask, info)
+    if quantizer is None:
+        return PruneResult(W.float(), mask, info)
+    scales = quantizer.scales.float()  # the grid in float32, so stored codes · scales give these weights exactly
+    return PruneResult(dequantize(quantizer.codes(W), scales, quant), mask, info, scales=scales)
 
 
 @register("mrp", needs={"hessian"})
@@ -165,7 +176,8 @@ def mrp(
     block_size: int = 128,
     dampening_frac: float = 0.01,
     mask_selection: str = "score",
+    quant: QuantScheme | None = None,
     **_,
 ) -> PruneResult:
     W, H = prepare_hessian(weight.float(), stats)
-    return mrp_prune(W, H, target, block_size, dampening_frac, mask_selection)
+    return mrp_prune(W, H, target, block_size, dampening_frac, mask_selection, quant=quant)

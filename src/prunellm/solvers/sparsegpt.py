@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..devices import wide_float
+from ..errors import UsageError
 from ..masks import Target, lowest_k
+from ..quant import GroupQuantizer, QuantScheme
 from .base import LayerStats, PruneResult, register
 
 
@@ -45,6 +47,82 @@ def prepare_hessian(weight: torch.Tensor, stats: LayerStats) -> tuple[torch.Tens
     return weight, hessian
 
 
+def column_pass(W: torch.Tensor, Hinv: torch.Tensor, i1: int, i2: int, mask: torch.Tensor,
+                nm: tuple[int, int] | None = None, quantizer: GroupQuantizer | None = None) -> torch.Tensor:
+    """Fix columns i1..i2 of W one at a time, OBS / GPTQ style, in place; returns the errors (rows × block).
+
+    Each column's pruned entries (`mask`, True = pruned; for N:M chosen every M columns from the current
+    weights into `mask`) go to 0 and its kept ones to the quantizer's grid (or stay); the change, divided
+    by the diagonal of `Hinv` (the upper Cholesky factor of H⁻¹), moves to the later columns of the block
+    at once and to the columns after it in one lazy update. A quantization group starting in the block
+    gets its scale from the group's current weights and mask (the groups never straddle blocks)."""
+    W1 = W[:, i1:i2].clone()
+    Q1 = torch.zeros_like(W1)
+    Err1 = torch.zeros_like(W1)
+    Hinv1 = Hinv[i1:i2, i1:i2]
+    d = torch.diag(Hinv1)
+    mask1 = mask[:, i1:i2]
+    per_group = quantizer is not None and quantizer.width < W.shape[1]
+    for i in range(i2 - i1):
+        if nm is not None and i % nm[1] == 0:
+            group = W1[:, i : i + nm[1]] ** 2 / d[i : i + nm[1]].unsqueeze(0) ** 2
+            mask1[:, i : i + nm[1]] = lowest_k(group, nm[0])
+        if per_group and (i1 + i) % quantizer.width == 0:
+            cols = slice(i, i + quantizer.width)
+            quantizer.start_group((i1 + i) // quantizer.width, W1[:, cols], ~mask1[:, cols])
+        w = W1[:, i]
+        q = w.masked_fill(mask1[:, i], 0)
+        if quantizer is not None:
+            q = quantizer.column(i1 + i, q)
+        Q1[:, i] = q
+        err = (w - q) / d[i]  # only pruned (and rounded) weights move
+        W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+        Err1[:, i] = err
+    W[:, i1:i2] = Q1  # column i is never touched after its own step: its kept entries are the reference's q
+    W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return Err1
+
+
+def quantizer_for(weight: torch.Tensor, quant: QuantScheme | None, block_size: int) -> GroupQuantizer | None:
+    """The column quantizer of a solve (None without quantization); per-output-channel scales are fixed
+    from the whole initial row, as GPTQ does, group scales as the column loop reaches each group."""
+    if quant is None:
+        return None
+    rows, cols = weight.shape
+    quantizer = GroupQuantizer(quant, rows, cols, weight.device, weight.dtype)
+    if quantizer.width >= cols:
+        quantizer.start_group(0, weight, None)
+    elif block_size % quantizer.width:
+        raise UsageError(f"block_size {block_size} must be a multiple of the quantization group size {quantizer.width}")
+    return quantizer
+
+
+def quantize_with_mask(weight: torch.Tensor, stats: LayerStats, mask: torch.Tensor, quant: QuantScheme,
+                       block_size: int = 128, dampening_frac: float = 0.01) -> PruneResult:
+    """GPTQ on a weight whose mask is fixed (solvers without a Hessian of their own): pruned entries stay 0,
+    kept ones are rounded column by column with the error compensated through H⁻¹ (`column_pass`)."""
+    W, H = prepare_hessian(weight.float().masked_fill(mask, 0), stats)
+    Hinv, used_damp = inverse_hessian_factor(H, dampening_frac)
+    quantizer = quantizer_for(W, quant, block_size)
+    losses = torch.zeros(W.shape[0], dtype=wide_float(W.device), device=W.device)
+    for i1 in range(0, W.shape[1], block_size):
+        Err1 = column_pass(W, Hinv, i1, min(i1 + block_size, W.shape[1]), mask, None, quantizer)
+        losses += (Err1.to(losses.dtype) ** 2).sum(1) / 2
+    info = {"quant_loss": float(losses.sum())}
+    if used_damp != dampening_frac:
+        info["dampening_frac"] = used_damp
+    return PruneResult(W, mask, info, scales=quantizer.scales)
+
+
+def masked_result(weight: torch.Tensor, mask: torch.Tensor, stats: LayerStats, quant: QuantScheme | None,
+                  block_size: int = 128, dampening_frac: float = 0.01) -> PruneResult:
+    """The result of a mask-only solver: the weight with the mask applied, or with `quant` that weight
+    quantized by GPTQ with the mask fixed."""
+    if quant is None:
+        return PruneResult(weight.masked_fill(mask, 0), mask)
+    return quantize_with_mask(weight, stats, mask, quant, block_size, dampening_frac)
+
+
 @register("sparsegpt", needs={"hessian"})
 def sparsegpt(
     weight: torch.Tensor,
@@ -52,6 +130,7 @@ def sparsegpt(
     target: Target,
     block_size: int = 128,
     dampening_frac: float = 0.01,
+    quant: QuantScheme | None = None,
     **_,
 ) -> PruneResult:
     W, H = prepare_hessian(weight.float(), stats)
@@ -59,33 +138,18 @@ def sparsegpt(
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=wide_float(W.device), device=W.device)
-    n, m = target.n, target.m
-
+    quantizer = quantizer_for(W, quant, block_size)
+    nm = (target.n, target.m) if target.is_nm else None
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
-        if target.is_nm:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        else:
-            scores = W1**2 / d.unsqueeze(0) ** 2
-            mask1 = lowest_k(scores.flatten(), int(scores.numel() * target.sparsity)).view_as(W1)
-        for i in range(i2 - i1):
-            if target.is_nm and i % m == 0:
-                group = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
-                mask1[:, i : i + m] = lowest_k(group, n)
-            err = W1[:, i].masked_fill(~mask1[:, i], 0) / d[i]  # (w − q) / d: only pruned weights move
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        # column i is never touched after its own step, so its kept entries are the reference's q
-        W[:, i1:i2] = W1.masked_fill_(mask1, 0)
+        if nm is None:
+            d = torch.diag(Hinv[i1:i2, i1:i2])
+            scores = W[:, i1:i2] ** 2 / d.unsqueeze(0) ** 2
+            mask[:, i1:i2] = lowest_k(scores.flatten(), int(scores.numel() * target.sparsity)).view_as(scores)
+        Err1 = column_pass(W, Hinv, i1, i2, mask, nm, quantizer)
         losses += (Err1.to(losses.dtype) ** 2).sum(1) / 2
-        mask[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     info = {"loss": float(losses.sum())}
     if used_damp != dampening_frac:
         info["dampening_frac"] = used_damp
-    return PruneResult(W, mask, info)
+    return PruneResult(W, mask, info, scales=None if quantizer is None else quantizer.scales)

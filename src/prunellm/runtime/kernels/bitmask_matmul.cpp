@@ -10,6 +10,9 @@
 // The path is fixed at compile time (the build is per machine, -march=native; `isa()` says which).
 // Longer inputs (prefill) are compute-bound: `bitmask_decompress_into` writes the dense weight into a
 // buffer the caller reuses for every layer (no allocation, no page faults, cache-warm), for one GEMM.
+// Quantized weights (`bitmask_matmul_q`): int8 codes, or int4 codes packed two per byte, with a float32
+// scale per row and group of input columns; each group's code dot product is scaled once (decode reads
+// one byte, or half a byte, per kept weight). int4 rows are unpacked to int8 in a per-thread buffer.
 // Values must be padded with 32 elements so the last unaligned vector load stays in bounds.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -53,6 +56,7 @@ inline uint32_t mask_bits(const uint8_t* mask, int64_t c, int64_t bytes) {
 inline float to_float(float v) { return v; }
 inline float to_float(BF16 v) { return static_cast<float>(v); }
 inline float to_float(F16 v) { return static_cast<float>(v); }
+inline float to_float(int8_t v) { return static_cast<float>(v); }
 
 // ---------------------------------------------------------------------------------------------------
 #if defined(PRUNELLM_AVX512)
@@ -87,9 +91,12 @@ inline __m512 widen16(const BF16* v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 inline __m512 widen16(const F16* v) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))); }
+inline __m512 widen16(const int8_t* v) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))));
+}
 
 template <typename T>
-inline void expand32_16bit(const T*& v, uint32_t m, __m512& lo, __m512& hi) {
+inline void expand32_widened(const T*& v, uint32_t m, __m512& lo, __m512& hi) {
   const __mmask16 m0 = static_cast<__mmask16>(m), m1 = static_cast<__mmask16>(m >> 16);
   lo = _mm512_maskz_expand_ps(m0, widen16(v));
   v += __builtin_popcount(m0);
@@ -97,9 +104,11 @@ inline void expand32_16bit(const T*& v, uint32_t m, __m512& lo, __m512& hi) {
   v += __builtin_popcount(m1);
 }
 template <>
-inline void expand32<BF16>(const BF16*& v, uint32_t m, __m512& lo, __m512& hi) { expand32_16bit(v, m, lo, hi); }
+inline void expand32<BF16>(const BF16*& v, uint32_t m, __m512& lo, __m512& hi) { expand32_widened(v, m, lo, hi); }
 template <>
-inline void expand32<F16>(const F16*& v, uint32_t m, __m512& lo, __m512& hi) { expand32_16bit(v, m, lo, hi); }
+inline void expand32<F16>(const F16*& v, uint32_t m, __m512& lo, __m512& hi) { expand32_widened(v, m, lo, hi); }
+template <>
+inline void expand32<int8_t>(const int8_t*& v, uint32_t m, __m512& lo, __m512& hi) { expand32_widened(v, m, lo, hi); }
 
 // One weight row against NB input rows (float32, padded to `xs` columns), 32 columns per step.
 template <typename T, int NB>
@@ -215,6 +224,9 @@ inline __m256 load8(const BF16* v) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 inline __m256 load8(const F16* v) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))); }
+inline __m256 load8(const int8_t* v) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
+}
 
 // The 8 values selected by mask byte m, widened to float32 and spread to their columns.
 template <typename T>
@@ -432,6 +444,85 @@ void dispatch(at::ScalarType dtype, F&& f) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Quantized weights: codes (int8, or int4 packed two per byte, low nibble first) with one float32 scale
+// per row and group of `group_cols` input columns (a multiple of 32, or the whole row).
+
+inline int64_t popcount_bytes(const uint8_t* mask, int64_t n) {
+  int64_t count = 0, c = 0;
+  for (; c + 8 <= n; c += 8) {
+    uint64_t word;
+    std::memcpy(&word, mask + c, 8);
+    count += __builtin_popcountll(word);
+  }
+  for (; c < n; ++c) count += __builtin_popcount(mask[c]);
+  return count;
+}
+
+// The int8 codes of one row: the stored ones for int8, or the row's int4 codes (value index `first`
+// onwards, `count` of them) unpacked into a per-thread buffer, padded for the vector loads.
+inline const int8_t* row_codes(const uint8_t* stored, int bits, int64_t first, int64_t count) {
+  if (bits == 8) return reinterpret_cast<const int8_t*>(stored) + first;
+  thread_local std::vector<int8_t> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count + 64) buffer.resize(static_cast<size_t>(count + 64));
+  int8_t* out = buffer.data();
+  auto nibble = [](unsigned v) { return static_cast<int8_t>(static_cast<int>(v ^ 8u) - 8); };
+  int64_t i = 0, k = first;
+  if ((k & 1) && i < count) out[i++] = nibble(stored[k++ >> 1] >> 4);
+  const uint8_t* bytes = stored + (k >> 1);
+  for (; i + 2 <= count; i += 2, ++bytes) {
+    out[i] = nibble(*bytes & 15u);
+    out[i + 1] = nibble(*bytes >> 4);
+  }
+  if (i < count) out[i] = nibble(*bytes & 15u);
+  std::memset(out + count, 0, 64);
+  return out;
+}
+
+// One weight row of codes against nb input rows: each group's dot product times its scale.
+inline void row_dot_q(int64_t nb, const int8_t* v, const uint8_t* mask, int64_t bytes, int64_t group_bytes,
+                      const float* scales, const float* x, int64_t xs, float* out) {
+  float part[kMaxBatch];
+  for (int64_t b = 0; b < nb; ++b) out[b] = 0.f;
+  for (int64_t c = 0, g = 0; c < bytes; c += group_bytes, ++g) {
+    const int64_t n = std::min(group_bytes, bytes - c);
+    row_dot_n<int8_t>(nb, v, mask + c, n, x + 8 * c, xs, part);
+    for (int64_t b = 0; b < nb; ++b) out[b] += scales[g] * part[b];
+    v += popcount_bytes(mask + c, n);
+  }
+}
+
+struct QuantArgs {
+  const uint8_t* codes;
+  const uint8_t* mask;
+  const int64_t* offsets;
+  const float* scales;
+  int64_t rows, bytes, groups, group_bytes;
+  int bits;
+};
+
+QuantArgs quant_args(const torch::Tensor& codes, const torch::Tensor& bitmask, const torch::Tensor& row_offsets,
+                     const torch::Tensor& scales, int64_t group_cols, int64_t bits) {
+  TORCH_CHECK(bits == 8 || bits == 4, "bits must be 8 or 4");
+  TORCH_CHECK(codes.scalar_type() == (bits == 8 ? torch::kInt8 : torch::kUInt8), "int8 codes, or uint8 packed int4");
+  TORCH_CHECK(scales.scalar_type() == torch::kFloat32 && scales.is_contiguous(), "scales must be contiguous float32");
+  TORCH_CHECK(bitmask.scalar_type() == torch::kUInt8 && row_offsets.scalar_type() == torch::kInt64, "bad index types");
+  TORCH_CHECK(codes.is_contiguous() && bitmask.is_contiguous() && row_offsets.is_contiguous(), "not contiguous");
+  TORCH_CHECK(bitmask.dim() == 2 && row_offsets.size(0) == bitmask.size(0), "bitmask / row_offsets shapes");
+  const int64_t rows = bitmask.size(0), bytes = bitmask.size(1);
+  TORCH_CHECK(group_cols > 0 && group_cols % 8 == 0, "group_cols must be a positive multiple of 8");
+  const int64_t group_bytes = group_cols / 8, groups = (bytes + group_bytes - 1) / group_bytes;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups, "scales must be rows x ",
+              groups);
+  return {reinterpret_cast<const uint8_t*>(codes.data_ptr()),
+          bitmask.data_ptr<uint8_t>(), row_offsets.data_ptr<int64_t>(), scales.data_ptr<float>(),
+          rows, bytes, groups, group_bytes, static_cast<int>(bits)};
+}
+
+inline const int8_t* codes_of_row(const QuantArgs& q, int64_t r) {
+  return row_codes(q.codes, q.bits, q.offsets[r], popcount_bytes(q.mask + r * q.bytes, q.bytes));
+}
+
 }  // namespace
 
 // values: [nnz + 32]; bitmask: uint8 [rows, ceil(cols/8)]; row_offsets: int64 [rows]; x: [batch, cols], the
@@ -491,11 +582,65 @@ void bitmask_decompress_into(const torch::Tensor& values, const torch::Tensor& b
   });
 }
 
+// codes: int8 [nnz + 32], or uint8 [(nnz + 1) / 2 + 32] of packed int4; scales: float32 [rows, groups];
+// x: [batch, cols], float32 / bfloat16 / float16. Returns [batch, rows] in x's dtype.
+torch::Tensor bitmask_matmul_q(const torch::Tensor& codes, const torch::Tensor& bitmask,
+                               const torch::Tensor& row_offsets, const torch::Tensor& scales, int64_t group_cols,
+                               int64_t bits, const torch::Tensor& x) {
+  const QuantArgs q = quant_args(codes, bitmask, row_offsets, scales, group_cols, bits);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(x.dim() == 2 && (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16),
+              "x must be 2-D float32, bfloat16 or float16");
+  torch::Tensor y = torch::empty({x.size(0), q.rows}, x.options());
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    int64_t xs = 0;
+    const float* xp = padded_inputs<float, T>(x, q.bytes, xs);
+    over_rows(q.rows, x.size(0), xp, xs, typed<T>(y), [&](int64_t nb, int64_t r, const float* xb, float* out) {
+      row_dot_q(nb, codes_of_row(q, r), q.mask + r * q.bytes, q.bytes, q.group_bytes, q.scales + r * q.groups,
+                xb, xs, out);
+    });
+  });
+  return y;
+}
+
+// The dequantized weight into `out` (rows × padded_cols, contiguous, float32 / bfloat16 / float16).
+void bitmask_decompress_q_into(const torch::Tensor& codes, const torch::Tensor& bitmask,
+                               const torch::Tensor& row_offsets, const torch::Tensor& scales, int64_t group_cols,
+                               int64_t bits, torch::Tensor& out) {
+  const QuantArgs q = quant_args(codes, bitmask, row_offsets, scales, group_cols, bits);
+  const int64_t width = padded_cols(q.bytes);
+  TORCH_CHECK(out.is_contiguous() && out.dim() == 2 && out.size(0) == q.rows && out.size(1) == width,
+              "out must be a contiguous ", q.rows, " x ", width, " tensor");
+  const auto dtype = out.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16,
+              "out must be float32, bfloat16 or float16");
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* op = typed<T>(out);
+    at::parallel_for(0, q.rows, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> row(static_cast<size_t>(width));
+      for (int64_t r = begin; r < end; ++r) {
+        expand_row_f32<int8_t>(codes_of_row(q, r), q.mask + r * q.bytes, q.bytes, row.data());
+        const float* s = q.scales + r * q.groups;
+        const int64_t group_cols8 = 8 * q.group_bytes;
+        for (int64_t g = 0; g < q.groups; ++g) {
+          const int64_t c1 = std::min(width, (g + 1) * group_cols8);
+          for (int64_t c = g * group_cols8; c < c1; ++c) op[r * width + c] = static_cast<T>(row[c] * s[g]);
+        }
+        for (int64_t c = q.groups * group_cols8; c < width; ++c) op[r * width + c] = static_cast<T>(0.f);
+      }
+    });
+  });
+}
+
 std::string isa() { return kIsa; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bitmask_matmul", &bitmask_matmul, "x @ W.T for a bitmask-compressed W (float32/bfloat16/float16)");
   m.def("bitmask_decompress", &bitmask_decompress, "the dense weight of a bitmask-compressed W");
   m.def("bitmask_decompress_into", &bitmask_decompress_into, "decompress into a caller's padded buffer");
+  m.def("bitmask_matmul_q", &bitmask_matmul_q, "x @ W.T for a bitmask-compressed W of int8 / int4 codes and scales");
+  m.def("bitmask_decompress_q_into", &bitmask_decompress_q_into, "dequantize a compressed W into a padded buffer");
   m.def("isa", &isa, "the instruction set the kernels were compiled for");
 }
