@@ -68,6 +68,11 @@ def group_scales(weight: torch.Tensor, keep: torch.Tensor | None, qmax: int) -> 
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
+def entry_scales(scales: torch.Tensor, scheme: QuantScheme, cols: int) -> torch.Tensor:
+    """Each entry's scale (rows × cols) from the scales of its row and group (rows × groups)."""
+    return scales.repeat_interleave(scheme.width(cols), dim=1)[:, :cols]
+
+
 def to_grid(weight: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
     """Integer codes (as floats) of `weight` on each row's grid `scale` (rows × columns, scale per row)."""
     return torch.clamp(torch.round(weight / scale.unsqueeze(1)), -qmax, qmax)
@@ -92,12 +97,11 @@ class GroupQuantizer:
     def column(self, j: int, w: torch.Tensor) -> torch.Tensor:
         """Column j (length rows) rounded to its group's grid."""
         scale = self.scales[:, j // self.width]
-        return grid_values(torch.clamp(torch.round(w / scale), -self.scheme.qmax, self.scheme.qmax), scale)
+        return grid_values(to_grid(w.unsqueeze(1), scale, self.scheme.qmax).squeeze(1), scale)
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """The int8 codes of a weight already on the grid (exact: code · scale rounds back to the code)."""
-        scale = self.scales.repeat_interleave(self.width, dim=1)[:, : self.cols]
-        return torch.round(weight / scale).to(torch.int8)
+        return torch.round(weight / entry_scales(self.scales, self.scheme, self.cols)).to(torch.int8)
 
 
 def quantize_rtn(weight: torch.Tensor, scheme: QuantScheme, keep: torch.Tensor | None = None
@@ -117,5 +121,4 @@ def quantize_rtn(weight: torch.Tensor, scheme: QuantScheme, keep: torch.Tensor |
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     """code · scale with each column's group scale (rows × cols)."""
-    width = scheme.width(codes.shape[1])
-    return grid_values(codes.to(scales.dtype), scales.repeat_interleave(width, dim=1)[:, : codes.shape[1]])
+    return grid_values(codes.to(scales.dtype), entry_scales(scales, scheme, codes.shape[1]))

@@ -12,6 +12,7 @@ import torch
 
 from prunellm.allocation import ALLOCATIONS, LayerInfo
 from prunellm.masks import Target
+from prunellm.quant import QuantScheme, quantize_rtn
 from prunellm.solvers import SOLVERS, LayerStats
 
 
@@ -29,18 +30,22 @@ def _weight(rows: int = 24, cols: int = 32, seed: int = 1) -> torch.Tensor:
 CASES = [(name, target, selection) for name in sorted(SOLVERS)
          for target in (Target(sparsity=0.6), Target(n=2, m=4)) for selection in ("score",)]
 CASES.append(("mrp", Target(n=2, m=4), "loss"))
+QUANT = [None, QuantScheme(8, 0), QuantScheme(4, 16)]
 
 
+@pytest.mark.parametrize("quant", QUANT, ids=str)
 @pytest.mark.parametrize("solver,target,selection", CASES, ids=lambda v: str(v))
-def test_solvers_on_a_meta_default_device(solver, target, selection):
+def test_solvers_on_a_meta_default_device(solver, target, selection, quant):
     weight, stats = _weight(), _stats()
-    options = {"block_size": 16, "mask_selection": selection}
+    options = {"block_size": 16, "mask_selection": selection, "quant": quant}
     expected = SOLVERS[solver].fn(weight.clone(), stats, target, **options)
     with torch.device("meta"):
         got = SOLVERS[solver].fn(weight.clone(), stats, target, **options)
     assert got.weight.device.type == "cpu" and got.mask.device.type == "cpu"
     assert torch.equal(got.weight, expected.weight) and torch.equal(got.mask, expected.mask)
     assert got.info == expected.info
+    if quant is not None:
+        assert got.scales.device.type == "cpu" and torch.equal(got.scales, expected.scales)
 
 
 @pytest.mark.parametrize("name", sorted(ALLOCATIONS))
@@ -66,3 +71,11 @@ def test_allocations_on_a_meta_default_device(name):
     with torch.device("meta"):
         got = run()
     assert got.targets == expected.targets and got.block_stat == expected.block_stat
+
+
+def test_round_to_nearest_on_a_meta_default_device():
+    weight = _weight()
+    expected = quantize_rtn(weight, QuantScheme(4, 16), weight.abs() > 0.5)
+    with torch.device("meta"):
+        got = quantize_rtn(weight, QuantScheme(4, 16), weight.abs() > 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

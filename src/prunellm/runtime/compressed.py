@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UsageError
 from ..outputs import REPORT, atomic_folder
-from ..quant import QuantScheme, dequantize
+from ..quant import QuantScheme, dequantize, entry_scales
 
 CONFIG = "sparse_config.json"
 WEIGHTS = "model.sparse.safetensors"
@@ -106,15 +106,10 @@ def unpack_int4(packed: torch.Tensor, count: int) -> torch.Tensor:
     return torch.where(nibbles > 7, nibbles - 16, nibbles)
 
 
-def column_scales(scheme: QuantScheme, scales: torch.Tensor, cols: int) -> torch.Tensor:
-    """Each entry's scale (rows × cols) from the scales of its row and group."""
-    return scales.repeat_interleave(scheme.width(cols), dim=1)[:, :cols]
-
-
 def quantized_codes(name: str, w: torch.Tensor, quant: Quant) -> torch.Tensor:
     """The int8 codes of a weight that lies on its grid (code · scale == w exactly), else an error."""
     scheme, scales = quant
-    per_entry = column_scales(scheme, scales.float(), w.shape[1])
+    per_entry = entry_scales(scales.float(), scheme, w.shape[1])
     codes = torch.round(w.float() / per_entry)
     exact = dequantize(codes, scales.float(), scheme)  # a 16-bit weight holds code · scale rounded: eps apart
     if codes.abs().max() > scheme.qmax or not torch.allclose(w.float(), exact, rtol=torch.finfo(w.dtype).eps, atol=0):
@@ -173,7 +168,7 @@ def _dequantized_values(name: str, scheme: QuantScheme, parts: dict[str, torch.T
     codes = unpack_int4(stored, count) if scheme.bits == 4 else stored.flatten()
     if codes.numel() and int(codes.abs().max()) > scheme.qmax:
         raise UsageError(f"compressed weight {name}: codes outside the {scheme.name} range")
-    per_entry = column_scales(scheme, scales, cols)
+    per_entry = entry_scales(scales, scheme, cols)
     if keep is None:
         return codes.view(rows, cols).float() * per_entry + 0.0
     return codes.float() * per_entry[keep] + 0.0
@@ -238,16 +233,12 @@ def compress_state(state: dict[str, torch.Tensor], nm: tuple[int, int] | None = 
     out, encodings = {}, {}
     quant = quant or {}
     for name, w in state.items():
-        if name in quant:
-            encodings[name], parts = encode(w, nm, quant[name], name)
-            out.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
-            continue
         sparse_enough = False
         if w.dim() == 2 and w.is_floating_point():
             zeros = 1 - float(nonzero_bits(w).double().mean())
             sparse_enough = zeros > 1 / (8 * w.element_size()) + 0.01
-        if sparse_enough if names is None else name in names:
-            encodings[name], parts = encode(w, nm)
+        if name in quant or (sparse_enough if names is None else name in names):
+            encodings[name], parts = encode(w, nm, quant.get(name), name)
             out.update({f"{name}.{k}": v.contiguous() for k, v in parts.items()})
         else:
             encodings[name] = "dense"
@@ -441,17 +432,15 @@ def model_quant(model: torch.nn.Module, names: set[str] | None = None) -> dict[s
     """The quantized weights of a model (modules carrying `prunellm_quant` / `prunellm_scales`, set by the
     prune loop or `attach_quant`), by parameter name; a tied weight under the name in `names` (the saved
     keys), when given."""
+    param_names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if names is None or name in names:
+            param_names.setdefault(id(param), []).append(name)
     quant = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
+    for module in model.modules():
         scheme = getattr(module, "prunellm_quant", None)
-        if scheme is None:
-            continue
-        weight = module.weight
-        candidates = [n for n, p in model.named_parameters(remove_duplicate=False) if p is weight]
-        if names is not None:
-            candidates = [n for n in candidates if n in names]
-        for name in candidates[:1]:
-            quant[name] = (scheme, module.prunellm_scales)
+        if scheme is not None and param_names.get(id(module.weight)):
+            quant[param_names[id(module.weight)][0]] = (scheme, module.prunellm_scales)
     return quant
 
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..quant import QuantScheme
+from ..quant import QuantScheme, entry_scales
 from . import kernels
-from .compressed import Quant, column_scales, nonzero_bits, pack_bits, pack_int4, quantized_codes, unpack_bits, unpack_int4
+from .compressed import Quant, nonzero_bits, pack_bits, pack_int4, quantized_codes, unpack_bits, unpack_int4
 
 # The most input rows for which the direct kernel beats decompress + GEMM on every SmolLM2 layer shape,
 # per dtype, at 50% sparsity (at 70% the direct kernel wins longer: float32 16, float16 32); measured by
@@ -137,7 +137,7 @@ class SparseLinear(nn.Module):
         if self.bits:
             count = int(keep.sum())
             codes = unpack_int4(self.values[:-PAD], count) if self.bits == 4 else self.values[:count]
-            w[keep] = codes.float() * column_scales(self.scheme, self.scales.float(), self.in_features)[keep]
+            w[keep] = codes.float() * entry_scales(self.scales.float(), self.scheme, self.in_features)[keep]
             return w.to(dtype)
         w[keep] = self.values[:-PAD]
         return w
