@@ -128,6 +128,12 @@ def _prune_config(args: argparse.Namespace):
         "quantize": args.quantize,
         "group_size": args.group_size,
         "quantize_head": args.quantize_head or None,
+        "reconstruct": args.reconstruct,
+        "reconstruct_params": args.reconstruct_params,
+        "reconstruct_epochs": args.reconstruct_epochs,
+        "reconstruct_lr": args.reconstruct_lr,
+        "reconstruct_batch_size": args.reconstruct_batch_size,
+        "reconstruct_holdout": args.reconstruct_holdout,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -389,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mask-selection", choices=["score", "loss"],
                     help="mrp mask: score w²/[H⁻¹]_jj (default) or least multiple-removal loss (N:M only)")
     pr.add_argument("--block-size", type=_positive_int, help="sparsegpt/mrp column block (default 128)")
-    pr.add_argument("--propagate", choices=["pruned", "dense"], help="next block's inputs (default pruned)")
+    pr.add_argument("--propagate", choices=["pruned", "dense"],
+                    help="next block's inputs (default pruned; dense with --reconstruct)")
     pr.add_argument("--calib-batch-size", type=_positive_int, help="samples per block forward (default 8)")
     pr.add_argument("--targets", type=_csv, help="layers to prune: class names or re:patterns (default Linear)")
     pr.add_argument("--ignore", type=_csv, help="layers to skip (default re:.*lm_head)")
@@ -399,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input columns per scale: 0 = per output channel (int8 default), int4 default 128")
     pr.add_argument("--quantize-head", action="store_true",
                     help="also round the output head (and a tied embedding) to int8 per output channel")
+    pr.add_argument("--reconstruct", choices=["none", "block", "halves"],
+                    help="after each block's masks, fit its kept weights to the dense block's outputs (Adam): "
+                         "the whole block, or attention then MLP (default none)")
+    pr.add_argument("--reconstruct-params", choices=["kept", "kept+norms"],
+                    help="what reconstruction trains: kept weights (default), or also norm weights and biases")
+    pr.add_argument("--reconstruct-epochs", type=_positive_int, help="epochs per block or part (default 4)")
+    pr.add_argument("--reconstruct-lr", type=float, help="Adam learning rate, decaying linearly to 0 (default 2e-4)")
+    pr.add_argument("--reconstruct-batch-size", type=_positive_int, help="calibration samples per step (default 8)")
+    pr.add_argument("--reconstruct-holdout", type=float,
+                    help="fraction of calibration samples held out to pick the best epoch (default 0.125)")
     pr.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pr.add_argument("--eval-ppl", type=_csv, default=[], help="evaluate perplexity after pruning on these datasets")

@@ -38,7 +38,8 @@ class PruneConfig:
     num_calibration_samples: int = 128
     max_seq_length: int = 2048
     seed: int = 0
-    propagate: str = "pruned"  # next block's inputs: "pruned" (reference) or "dense" outputs
+    propagate: str | None = None  # next block's inputs: "pruned" (reference; default) or "dense" outputs
+    # (default "dense" with reconstruct: the papers' better choice, and the statistics pass gives the targets)
     calibration_batch_size: int = 8  # samples run through a block at once
     block_size: int = 128  # SparseGPT lazy-update block
     dampening_frac: float = 0.01  # SparseGPT / MRP Hessian dampening
@@ -58,6 +59,12 @@ class PruneConfig:
     quantize: str = "none"  # kept weights: none, int8 or int4 (symmetric, a scale per row and group)
     group_size: int | None = None  # input columns per scale: 0 = per output channel; default int8 0, int4 128
     quantize_head: bool = False  # also the output head, round-to-nearest int8 per output channel
+    reconstruct: str = "none"  # block-wise reconstruction after each block's masks: none, block, halves
+    reconstruct_params: str = "kept"  # trained: kept weights, or kept+norms (also norm weights and biases)
+    reconstruct_epochs: int = 4  # passes over the calibration samples per block (or part)
+    reconstruct_lr: float = 2e-4  # Adam learning rate, decaying linearly to 0 (the papers)
+    reconstruct_batch_size: int = 8  # calibration samples per step (the papers: 8)
+    reconstruct_holdout: float = 0.125  # fraction of the samples held out to pick the best epoch
     device: str = "auto"  # compute device: auto (the model's accelerator, else the first one, else cpu), cpu, cuda[:N], mps, xpu
 
     def allocation_options(self) -> dict[str, float]:
@@ -74,6 +81,11 @@ class PruneConfig:
         from .quant import scheme
 
         return scheme(self.quantize, self.group_size)
+
+    @property
+    def inputs(self) -> str:
+        """Where each block's inputs come from: `propagate`, or its default (dense with reconstruction)."""
+        return self.propagate or ("dense" if self.reconstruct != "none" else "pruned")
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -115,7 +127,7 @@ class PruneConfig:
             raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if m and self.block_size % m:
             raise UsageError(f"block_size {self.block_size} must be a multiple of M={m}")
-        if self.propagate not in ("pruned", "dense"):
+        if self.propagate not in (None, "pruned", "dense"):
             raise UsageError(f"propagate must be 'pruned' or 'dense', got {self.propagate!r}")
         for name in ("num_calibration_samples", "calibration_batch_size", "block_size"):
             if getattr(self, name) < 1:
@@ -133,9 +145,24 @@ class PruneConfig:
             raise UsageError(f"block_size {self.block_size} must be a multiple of group_size {quant.group_size}")
         if self.quantize_head and self.quantize == "none":
             raise UsageError("quantize_head needs --quantize int8 or int4")
+        self._validate_reconstruct()
         if not 0.0 < self.dampening_frac:
             raise UsageError(f"dampening_frac must be positive, got {self.dampening_frac}")
         return self
+
+    def _validate_reconstruct(self) -> None:
+        if self.reconstruct not in ("none", "block", "halves"):
+            raise UsageError(f"reconstruct must be none, block or halves, got {self.reconstruct!r}")
+        if self.reconstruct_params not in ("kept", "kept+norms"):
+            raise UsageError(f"reconstruct_params must be kept or kept+norms, got {self.reconstruct_params!r}")
+        if self.reconstruct_epochs < 1 or self.reconstruct_batch_size < 1:
+            raise UsageError("reconstruct_epochs and reconstruct_batch_size must be at least 1")
+        if not self.reconstruct_lr > 0:
+            raise UsageError(f"reconstruct_lr must be positive, got {self.reconstruct_lr}")
+        if not 0.0 <= self.reconstruct_holdout < 1.0:
+            raise UsageError(f"reconstruct_holdout must be in [0, 1), got {self.reconstruct_holdout}")
+        if self.reconstruct != "none" and self.quantize != "none":
+            raise UsageError("reconstruct moves kept weights off the quantization grid; use one or the other")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

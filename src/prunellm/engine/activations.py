@@ -52,8 +52,13 @@ class MemoryActivations:
         return len(self._items)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for tensor in self._items:
-            yield tensor if self.device is None else tensor.to(self.device, non_blocking=True)
+        for j in range(len(self._items)):
+            yield self.get(j)
+
+    def get(self, j: int) -> torch.Tensor:
+        """Batch j, on `device`."""
+        tensor = self._items[j]
+        return tensor if self.device is None else tensor.to(self.device, non_blocking=True)
 
     def new(self) -> "MemoryActivations":
         """An empty store of the same kind (for the next block's inputs)."""
@@ -84,7 +89,10 @@ class DiskActivations:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for j in range(self._count):
-            yield torch.load(self.folder / f"{j}.pt", weights_only=True, map_location=self.device or _CPU)
+            yield self.get(j)
+
+    def get(self, j: int) -> torch.Tensor:
+        return torch.load(self.folder / f"{j}.pt", weights_only=True, map_location=self.device or _CPU)
 
     def new(self) -> "DiskActivations":
         return DiskActivations(_root=self.root, device=self.device)

@@ -3,7 +3,8 @@
 Holds one block's calibration activations at a time. For each block: run it on the calibration
 inputs with hooks that stream statistics, prune its linears with the chosen solver, then re-run
 the pruned block to make the next block's inputs (the reference behaviour; `propagate="dense"`
-feeds the dense outputs instead).
+feeds the dense outputs instead). With `reconstruct`, each pruned block's kept weights are then fitted
+to the dense block's outputs (`reconstruct`) before the next block's inputs are made.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .activations import activation_store
 from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
 from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
 from .profile import allocate_targets
+from .reconstruct import Options, block_parts, reconstruct_block
 from .residency import InMemory, module_device
 from .stream import BlockStream
 
@@ -176,12 +178,22 @@ def prune(
     rows: list[dict] = []
     if needs and calibration_ids is None:
         calibration_ids = _calibration_ids(tokenizer, config)
+    reconstructing = config.reconstruct != "none"
+    if reconstructing and calibration_ids is None:
+        calibration_ids = _calibration_ids(tokenizer, config)
+    options = Options.from_config(config)
     bar = tqdm(total=len(stack), desc=f"{config.solver} prune", unit="block", disable=not progress)
     stream = None
-    if needs:
+    rebuilt: list[dict] = []
+    if needs or reconstructing:
+        def watch(i: int) -> nn.Module | None:
+            parts = block_parts(stack.blocks[i], per_block[i], config.reconstruct)
+            return parts[0].output if parts else None
+
         stream = BlockStream(model, stack, per_block, calibration_ids, needs,
-                             config.calibration_batch_size, config.propagate,
-                             residency=residency, save=True, activations=store())
+                             config.calibration_batch_size, config.inputs,
+                             residency=residency, save=True, activations=store(),
+                             keep_targets=reconstructing, watch=watch)
         blocks = iter(stream)
     else:
         blocks = ((i, None) for i in range(len(stack)))
@@ -222,6 +234,13 @@ def prune(
             if quant is not None:
                 remember_quant(module, quant, distributed.share_object(getattr(module, "prunellm_scales", None),
                                                                         owners[k]))
+        if reconstructing and per_block[i]:
+            bar.set_postfix_str("reconstruct")
+            row = reconstruct_block(stack.blocks[i], per_block[i], stream.data, options, i,
+                                    dense_inputs=config.inputs == "dense")
+            rebuilt.append({"block": i, **row})
+            bar.set_postfix_str(" ".join(f"{r['part']} {r['loss_before']:.3g}→{r['loss_after']:.3g}"
+                                         for r in row["parts"]))
         if collector is None:
             residency.release(i, save=True)
         bar.update(1)
@@ -239,7 +258,11 @@ def prune(
         **({"allocation": allocation} if allocation else {}),
         **({"quantization": {"scheme": quant.name, "group_size": quant.group_size, "head": head}} if quant else {}),
         "layers": rows,
-        "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3)},
+        **({"reconstruction": {"mode": config.reconstruct, "inputs": config.inputs, "blocks": rebuilt}}
+           if reconstructing else {}),
+        "timings": {"calib_forward_s": round(forward_s, 3), "prune_s": round(prune_s, 3),
+                    **({"reconstruct_s": round(sum(r["reconstruct_s"] for r in rebuilt), 3)}
+                       if reconstructing else {})},
         **({"processes": distributed.world_size()} if distributed.is_active() else {}),
         "device": str(device),
         **({"activations": stores[-1]} if stores else {}),

@@ -1,0 +1,96 @@
+"""Block-wise reconstruction on SmolLM2-135M (quick setting): perplexity and cost with and without it.
+
+Each cell `solver:allocation:target:reconstruct[:seed]` (reconstruct none, block or halves) runs `prunellm prune`
+with the quick setting (32 × 1024 WikiText-2 validation tokens, perplexity at 1024 on the first 64 test
+windows) and the default reconstruction options, plus any `--extra` flags. Rows without reconstruction
+can come from the grid instead (`bench/results/grid_smollm2.jsonl`, same setting). Appends one JSON line
+per cell (with the CPU and the load average) and prints a Markdown table. Run alone on the machine.
+
+    python bench/reconstruct_table.py --cells sparsegpt:uniform:0.5:block,mrp:alpha:0.7:block \
+        --out bench/results/reconstruct_smollm2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from grid import SETTINGS, LoadSampler, _target_flags, machine, versions
+
+
+def parse_cell(cell: str) -> tuple[str, str, str, str, int]:
+    """"mrp:alpha:0.7:block" or "sparsegpt:uniform:2:4:halves:1" → (solver, allocation, target, mode, seed)."""
+    parts = cell.split(":")
+    if len(parts) >= 5 and parts[2].isdigit() and parts[3].isdigit():
+        parts = [parts[0], parts[1], f"{parts[2]}:{parts[3]}", *parts[4:]]
+    solver, allocation, target, mode, *rest = parts
+    return solver, allocation, target, mode, int(rest[0]) if rest else 0
+
+
+def run_cell(cell: str, workdir: Path, model: str, extra: list[str]) -> dict:
+    solver, allocation, target, mode, seed = parse_cell(cell)
+    s = SETTINGS["quick"]
+    out = workdir / "model"
+    cmd = ["prunellm", "prune", model, "--solver", solver, "--allocation", allocation, *_target_flags(target),
+           "--calib", "wikitext2", "--nsamples", str(s["nsamples"]), "--seqlen", str(s["seqlen"]), "--seed", str(seed),
+           "--eval-ppl", "wikitext2", "--eval-seqlen", str(s["eval_seqlen"]),
+           "--eval-max-windows", str(s["eval_windows"]), "--reconstruct", mode, *extra,
+           "--output", str(out), "--overwrite"]
+    t0 = time.perf_counter()
+    with LoadSampler() as load:
+        subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
+    report = json.loads((out / "prune_report.json").read_text())
+    t = report["timings"]
+    parts = [p for b in report.get("reconstruction", {}).get("blocks", []) for p in b["parts"]]
+    return {
+        "setting": "quick", "model": model, "solver": solver, "allocation": allocation, "target": target,
+        "reconstruct": mode, "seed": seed, "extra": extra, "command": " ".join(cmd),
+        "ppl": report["perplexity"]["wikitext2"], "sparsity": report["sparsity"],
+        "inputs": report.get("reconstruction", {}).get("inputs", report["config"]["propagate"] or "pruned"),
+        "calib_forward_s": t["calib_forward_s"], "prune_s": t["prune_s"], "reconstruct_s": t.get("reconstruct_s"),
+        "prune_over_forward": round(t["prune_s"] / t["calib_forward_s"], 3) if t["calib_forward_s"] else None,
+        "mean_loss_ratio": round(sum(p["loss_after"] / p["loss_before"] for p in parts if p["loss_before"])
+                                 / max(1, len(parts)), 4) if parts else None,
+        "epochs": [p["epochs"] for p in parts], "best_epochs": [p["best_epoch"] for p in parts],
+        "peak_rss_mb": report["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1),
+        "load": load.samples, "machine": machine(), "versions": versions(),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| solver | allocation | target | reconstruct | seed | WikiText-2 ppl | loss after / before (mean over parts) "
+             "| prune_s / calib_forward_s | CPU |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['mean_loss_ratio']:.3f}" if r.get("mean_loss_ratio") is not None else "—"
+        lines.append(f"| {r['solver']} | {r['allocation']} | {r['target']} | {r['reconstruct']} | {r['seed']} "
+                     f"| {r['ppl']:.2f} | {ratio} | {r['prune_over_forward']:.2f} | {r['machine']['cpu']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", required=True, help="comma-separated solver:allocation:target:reconstruct[:seed]")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--extra", default="", help="more prunellm prune flags for every cell, e.g. '--reconstruct-epochs 2'")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    rows = []
+    for cell in a.cells.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_cell(cell, Path(tmp), a.model, a.extra.split())
+        rows.append(row)
+        with Path(a.out).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(table([row]).splitlines()[-1], flush=True)
+    print(table(rows))
+    print(f"[reconstruct_table] load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
