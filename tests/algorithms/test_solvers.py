@@ -48,6 +48,22 @@ def test_wanda_mask_is_rowwise_lowest_score():
     assert torch.equal(res.weight, w.masked_fill(res.mask, 0))
 
 
+def test_ria_mask_is_rowwise_lowest_relative_importance():
+    w, x = torch.randn(16, 32), correlated_inputs()
+    res = run("ria", w, x, Target(sparsity=0.6))
+    k = int(32 * 0.6)
+    norms = x.double().norm(dim=0)
+    for r in range(16):
+        score = [(abs(w[r, j]) / w[:, j].abs().sum() + abs(w[r, j]) / w[r].abs().sum()) * norms[j] ** 0.5
+                 for j in range(32)]
+        lowest = sorted(range(32), key=lambda j: float(score[j]))[:k]
+        assert set(res.mask[r].nonzero().flatten().tolist()) == set(lowest)
+    assert torch.equal(res.weight, w.masked_fill(res.mask, 0))
+    # a column of large weights is less important to RIA than to Wanda: the masks differ
+    w[:, 3] *= 20
+    assert not torch.equal(run("ria", w, x, Target(sparsity=0.6)).mask, run("wanda", w, x, Target(sparsity=0.6)).mask)
+
+
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
 def test_nm_groups_for_every_solver(n, m):
     w, x = torch.randn(16, 32), correlated_inputs()
