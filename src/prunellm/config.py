@@ -59,6 +59,8 @@ class PruneConfig:
     quantize: str = "none"  # kept weights: none, int8 or int4 (symmetric, a scale per row and group)
     group_size: int | None = None  # input columns per scale: 0 = per output channel; default int8 0, int4 128
     quantize_head: bool = False  # also the output head, round-to-nearest int8 per output channel
+    repair: str = "none"  # mask repair after the solver: none or dsnot (swaps that lower the layer error)
+    repair_cycles: int = 50  # dsnot: at most this many swaps per row
     reconstruct: str = "none"  # block-wise reconstruction after each block's masks: none, block, halves
     reconstruct_params: str = "kept"  # trained: kept weights, or kept+norms (also norm weights and biases)
     reconstruct_epochs: int = 4  # passes over the calibration samples per block (or part)
@@ -161,6 +163,12 @@ class PruneConfig:
             raise UsageError(f"reconstruct_lr must be positive, got {self.reconstruct_lr}")
         if not 0.0 <= self.reconstruct_holdout < 1.0:
             raise UsageError(f"reconstruct_holdout must be in [0, 1), got {self.reconstruct_holdout}")
+        if self.repair not in ("none", "dsnot"):
+            raise UsageError(f"repair must be none or dsnot, got {self.repair!r}")
+        if self.repair_cycles < 1:
+            raise UsageError(f"repair_cycles must be at least 1, got {self.repair_cycles}")
+        if self.repair != "none" and self.quantize != "none":
+            raise UsageError("repair brings back dense values, off the quantization grid; use one or the other")
         if self.reconstruct != "none" and self.quantize != "none":
             raise UsageError("reconstruct moves kept weights off the quantization grid; use one or the other")
 
