@@ -128,6 +128,7 @@ def _prune_config(args: argparse.Namespace):
         "quantize": args.quantize,
         "group_size": args.group_size,
         "quantize_head": args.quantize_head or None,
+        "update": args.update,
         "repair": args.repair,
         "repair_cycles": args.repair_cycles,
         "reconstruct": args.reconstruct,
@@ -408,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input columns per scale: 0 = per output channel (int8 default), int4 default 128")
     pr.add_argument("--quantize-head", action="store_true",
                     help="also round the output head (and a tied embedding) to int8 per output channel")
+    pr.add_argument("--update", choices=["solver", "admm"],
+                    help="kept weights of the chosen mask: the solver's own (default), or admm: the exact masked "
+                         "least-squares optimum (ADMM, then conjugate gradients)")
     pr.add_argument("--repair", choices=["none", "dsnot"],
                     help="dsnot: after the solver, swap pruned and kept weights per row while the layer error drops")
     pr.add_argument("--repair-cycles", type=_positive_int, help="dsnot: most swaps per row (default 50)")

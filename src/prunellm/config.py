@@ -59,6 +59,7 @@ class PruneConfig:
     quantize: str = "none"  # kept weights: none, int8 or int4 (symmetric, a scale per row and group)
     group_size: int | None = None  # input columns per scale: 0 = per output channel; default int8 0, int4 128
     quantize_head: bool = False  # also the output head, round-to-nearest int8 per output channel
+    update: str = "solver"  # kept weights of the mask: the solver's own, or admm (masked least-squares optimum)
     repair: str = "none"  # mask repair after the solver: none or dsnot (swaps that lower the layer error)
     repair_cycles: int = 50  # dsnot: at most this many swaps per row
     reconstruct: str = "none"  # block-wise reconstruction after each block's masks: none, block, halves
@@ -163,6 +164,10 @@ class PruneConfig:
             raise UsageError(f"reconstruct_lr must be positive, got {self.reconstruct_lr}")
         if not 0.0 <= self.reconstruct_holdout < 1.0:
             raise UsageError(f"reconstruct_holdout must be in [0, 1), got {self.reconstruct_holdout}")
+        if self.update not in ("solver", "admm"):
+            raise UsageError(f"update must be solver or admm, got {self.update!r}")
+        if self.update != "solver" and self.quantize != "none":
+            raise UsageError("update admm re-solves float kept weights; it does not combine with --quantize")
         if self.repair not in ("none", "dsnot"):
             raise UsageError(f"repair must be none or dsnot, got {self.repair!r}")
         if self.repair_cycles < 1:

@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..masks import Target
 from ..quant import QuantScheme, quantize_rtn
 from ..solvers import SOLVERS, LayerStats, PruneResult
+from ..solvers.admm import admm_update
 from ..solvers.dsnot import dsnot_repair
 from . import distributed
 from .activations import activation_store
@@ -142,7 +143,8 @@ def prune(
     quant = config.quant_scheme()
     if quant is not None and any(not isinstance(m, nn.Linear) for layers in per_block for m in layers.values()):
         raise UsageError("--quantize covers nn.Linear layers only (GPT-2's Conv1D layers are not supported)")
-    needs = solver.needs | ({"hessian"} if quant is not None or config.repair != "none" else set())  # GPTQ, DSnoT
+    hessian_too = quant is not None or config.repair != "none" or config.update != "solver"  # GPTQ, DSnoT, ADMM
+    needs = solver.needs | ({"hessian"} if hessian_too else set())
     if config.quantize_head and getattr(residency, "checkpoint", None) is not None:
         raise UsageError("quantize_head needs the model in memory (the head is never loaded with --offload disk)")
     device = getattr(residency, "device", None) or resolve_device(config.device, module_device(model))
@@ -224,6 +226,8 @@ def prune(
             )
             if config.repair == "dsnot":
                 result = dsnot_repair(dense_weight, result, stats, targets[name], config.repair_cycles)
+            if config.update == "admm":
+                result = admm_update(dense_weight, result, stats, dampening_frac=config.dampening_frac)
             set_weight(module, result.weight)
             remember_quant(module, quant, result.scales)
             block_rows[k] = _layer_row(name, module, targets[name], time.perf_counter() - t0, result)
