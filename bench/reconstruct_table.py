@@ -73,13 +73,44 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def readme_table(rows: list[dict], grid: list[dict]) -> str:
+    """Each cell's perplexity without reconstruction (the grid's row, pruned inputs) and with each mode run."""
+    base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
+            if r.get("setting") == "quick" and r.get("seed", 0) == 0}
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells.setdefault((r["solver"], r["allocation"], r["target"]), {})[r["reconstruct"]] = r
+    lines = ["| solver | allocation | target | no reconstruction (grid) | `--reconstruct block` | `halves` "
+             "| block: prune_s / calib_forward_s (none: grid) |", "|---|---|---|---|---|---|---|"]
+    for key, modes in cells.items():
+        none = base.get(key)
+        cell = [f"{modes[m]['ppl']:.2f}" if m in modes else "not run" for m in ("block", "halves")]
+        cost = (f"{modes['block']['prune_over_forward']:.2f}" if "block" in modes else "–") + \
+            (f" ({none['prune_over_forward']:.2f})" if none and none.get("prune_over_forward") else "")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {none['ppl']:.2f} | " if none else
+                     f"| {key[0]} | {key[1]} | {key[2]} | not run | ")
+        lines[-1] += " | ".join(cell) + f" | {cost} |"
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cells", required=True, help="comma-separated solver:allocation:target:reconstruct[:seed]")
+    p.add_argument("--cells", help="comma-separated solver:allocation:target:reconstruct[:seed]")
+    p.add_argument("--table", action="store_true",
+                   help="run nothing: print the README table from --out and the model's grid file")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--extra", default="", help="more prunellm prune flags for every cell, e.g. '--reconstruct-epochs 2'")
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    if a.table:
+        from grid import results_path
+
+        load = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
+        grid = load(results_path(a.model)) if results_path(a.model).exists() else []
+        print(readme_table([r for r in load(a.out) if r.get("seed", 0) == 0], grid))
+        return
+    if not a.cells:
+        p.error("--cells or --table")
     rows = []
     for cell in a.cells.split(","):
         with tempfile.TemporaryDirectory() as tmp:
