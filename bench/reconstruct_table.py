@@ -73,23 +73,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _step(extra: list[str]) -> str:
+    """The cell's Adam step size and batch as `lr / batch` (the defaults where --extra leaves them)."""
+    flags = dict(zip(extra[::2], extra[1::2]))
+    return f"{flags.get('--reconstruct-lr', '2e-4')} / {flags.get('--reconstruct-batch-size', '8')}"
+
+
 def readme_table(rows: list[dict], grid: list[dict]) -> str:
     """Each cell's perplexity without reconstruction (the grid's row, pruned inputs) and with each mode run."""
     base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
             if r.get("setting") == "quick" and r.get("seed", 0) == 0}
     cells: dict[tuple, dict] = {}
     for r in rows:
-        cells.setdefault((r["solver"], r["allocation"], r["target"]), {})[r["reconstruct"]] = r
-    lines = ["| solver | allocation | target | no reconstruction (grid) | `--reconstruct block` | `halves` "
-             "| block: prune_s / calib_forward_s (none: grid) |", "|---|---|---|---|---|---|---|"]
+        cells.setdefault((r["solver"], r["allocation"], r["target"], _step(r.get("extra", []))), {})[r["reconstruct"]] = r
+    lines = ["| solver | allocation | target | lr / batch | no reconstruction (grid) | `--reconstruct block` | `halves` "
+             "| prune_s / calib_forward_s: block, halves (none: grid) | CPU (grid; reconstruction) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, modes in cells.items():
-        none = base.get(key)
-        cell = [f"{modes[m]['ppl']:.2f}" if m in modes else "not run" for m in ("block", "halves")]
-        cost = (f"{modes['block']['prune_over_forward']:.2f}" if "block" in modes else "–") + \
-            (f" ({none['prune_over_forward']:.2f})" if none and none.get("prune_over_forward") else "")
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {none['ppl']:.2f} | " if none else
-                     f"| {key[0]} | {key[1]} | {key[2]} | not run | ")
-        lines[-1] += " | ".join(cell) + f" | {cost} |"
+        none = base.get(key[:3])
+        ppl = [f"{none['ppl']:.2f}" if none else "not run"] + \
+            [f"{modes[m]['ppl']:.2f}" if m in modes else "not run" for m in ("block", "halves")]
+        cost = ", ".join(f"{modes[m]['prune_over_forward']:.2f}" for m in ("block", "halves") if m in modes)
+        if none and none.get("prune_over_forward"):
+            cost += f" ({none['prune_over_forward']:.2f})"
+        cpus = sorted({r["machine"]["cpu"] for r in modes.values()})
+        cpu = f"{none.get('machine', {}).get('cpu', 'not recorded') if none else '–'}; {', '.join(cpus)}"
+        lines.append(f"| {' | '.join(key)} | {' | '.join(ppl)} | {cost} | {cpu} |")
     return "\n".join(lines)
 
 
