@@ -1,4 +1,4 @@
-"""Block-wise reconstruction on SmolLM2-135M (quick setting): perplexity and cost with and without it.
+"""Block-wise reconstruction on SmolLM2-135M or Gemma-3-270M (quick setting): perplexity and cost with and without it.
 
 Each cell `solver:allocation:target:reconstruct[:seed]` (reconstruct none, block or halves) runs `prunellm prune`
 with the quick setting (32 × 1024 WikiText-2 validation tokens, perplexity at 1024 on the first 64 test
@@ -79,6 +79,13 @@ def _step(extra: list[str]) -> str:
     return f"{flags.get('--reconstruct-lr', '2e-4')} / {flags.get('--reconstruct-batch-size', '8')}"
 
 
+def _order(key: tuple) -> tuple:
+    """Table order: solvers from cheapest to exact, then target (sparsities before N:M)."""
+    solvers = ["magnitude", "wanda", "sparsegpt", "mrp"]
+    rank = solvers.index(key[0]) if key[0] in solvers else len(solvers)
+    return rank, ":" in key[2], key[2], key[1], key[3:]
+
+
 def readme_table(rows: list[dict], grid: list[dict]) -> str:
     """Each cell's perplexity without reconstruction (the grid's row, pruned inputs) and with each mode run."""
     base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
@@ -89,7 +96,7 @@ def readme_table(rows: list[dict], grid: list[dict]) -> str:
     lines = ["| solver | allocation | target | lr / batch | no reconstruction (grid) | `--reconstruct block` | `halves` "
              "| prune_s / calib_forward_s: block, halves (none: grid) | CPU (grid; reconstruction) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for key, modes in cells.items():
+    for key, modes in sorted(cells.items(), key=lambda kv: _order(kv[0])):
         none = base.get(key[:3])
         ppl = [f"{none['ppl']:.2f}" if none else "not run"] + \
             [f"{modes[m]['ppl']:.2f}" if m in modes else "not run" for m in ("block", "halves")]
@@ -102,11 +109,31 @@ def readme_table(rows: list[dict], grid: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(rows: list[dict]) -> str:
+    """Cells run at more than one seed: perplexity per seed, mean and spread (max − min)."""
+    cells: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        key = (r["solver"], r["allocation"], r["target"], r["reconstruct"], _step(r.get("extra", [])))
+        cells.setdefault(key, {})[r.get("seed", 0)] = r
+    lines = ["| solver | allocation | target | reconstruct | lr / batch | ppl per seed | mean | max − min | CPU per seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, by_seed in cells.items():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        ppl = [by_seed[s]["ppl"] for s in seeds]
+        per = ", ".join(f"{s}: {p:.2f}" for s, p in zip(seeds, ppl))
+        cpu = ", ".join(f"{s}: {by_seed[s]['machine']['cpu'].split('(')[0].split(' Processor')[0]}" for s in seeds)
+        lines.append(f"| {' | '.join(key)} | {per} | {sum(ppl) / len(ppl):.2f} | {max(ppl) - min(ppl):.2f} | {cpu} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", help="comma-separated solver:allocation:target:reconstruct[:seed]")
     p.add_argument("--table", action="store_true",
-                   help="run nothing: print the README table from --out and the model's grid file")
+                   help="run nothing: print the README tables (seed 0 beside the grid; cells run at several seeds) "
+                   "from --out and the model's grid file")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--extra", default="", help="more prunellm prune flags for every cell, e.g. '--reconstruct-epochs 2'")
     p.add_argument("--out", required=True)
@@ -116,7 +143,10 @@ def main() -> None:
 
         load = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
         grid = load(results_path(a.model)) if results_path(a.model).exists() else []
-        print(readme_table([r for r in load(a.out) if r.get("seed", 0) == 0], grid))
+        rows = load(a.out)
+        print(readme_table([r for r in rows if r.get("seed", 0) == 0], grid))
+        print()
+        print(seeds_table(rows))
         return
     if not a.cells:
         p.error("--cells or --table")
