@@ -42,6 +42,22 @@ def calib_ids(n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 96, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
+def prune_tiny(arch: str = "llama", **options) -> dict:
+    """Prune a tiny model of `arch` with PruneConfig(**options) on 4 random sequences; returns the report."""
+    from prunellm import PruneConfig, prune
+
+    return prune(tiny_model(arch), None, PruneConfig(calibration_batch_size=2, **options),
+                 calibration_ids=calib_ids(4, 16), progress=False)
+
+
+def assert_layers_improved(report: dict, stage: str) -> None:
+    """Each layer's `<stage>_error_after` is at most its `_before`, and the sum drops; sparsity stays 0.5."""
+    rows = report["layers"]
+    assert all(r[f"{stage}_error_after"] <= r[f"{stage}_error_before"] for r in rows)
+    assert sum(r[f"{stage}_error_after"] for r in rows) < sum(r[f"{stage}_error_before"] for r in rows)
+    assert abs(report["sparsity"] - 0.5) < 1e-9
+
+
 @pytest.fixture
 def shared_data() -> str:
     path = os.path.abspath(SHARED_DATA)

@@ -56,12 +56,8 @@ def test_the_first_swap_is_the_best_grow_then_the_best_prune_by_brute_force():
 
 
 def test_engine_repair_option():
-    from conftest import calib_ids, tiny_model
-    from prunellm import PruneConfig, prune
+    from conftest import assert_layers_improved, prune_tiny
 
-    model = tiny_model("llama")
-    report = prune(model, None, PruneConfig(solver="wanda", sparsity=0.5, repair="dsnot", calibration_batch_size=2),
-                   calibration_ids=calib_ids(4, 16), progress=False)
-    rows = report["layers"]
-    assert all(r["repair_error_after"] <= r["repair_error_before"] for r in rows)
-    assert any(r["repair_swaps"] > 0 for r in rows) and abs(report["sparsity"] - 0.5) < 1e-9
+    report = prune_tiny(solver="wanda", sparsity=0.5, repair="dsnot")
+    assert_layers_improved(report, "repair")
+    assert any(r["repair_swaps"] > 0 for r in report["layers"])
