@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
 SOLVERS = ["magnitude", "wanda", "sparsegpt", "mrp"]
+EXTRA_SOLVERS = ["ria", "admm"]  # in a setting's cells only when `--solvers` names them
 ALLOCATIONS = ["uniform", "owl", "als", "alpha"]
 TARGETS = ["0.5", "0.6", "0.7", "0.8", "2:4", "4:8"]
 TASKS = "piqa,hellaswag,arc_easy,arc_challenge,boolq,winogrande,openbookqa,rte,lambada"
@@ -52,15 +53,17 @@ HEADLINE = [(s, "uniform", "0.5") for s in ("wanda", "sparsegpt", "mrp")]
 UNSTRUCTURED_ONLY = {"als", "alpha"}  # they allocate per-layer ratios; an N:M pattern fixes every layer's ratio
 
 
-def cells(setting: str) -> list[tuple[str, str, str, int]]:
-    """(solver, allocation, target, seed) of every run a setting asks for, cheapest first."""
+def cells(setting: str, extra: tuple[str, ...] = ()) -> list[tuple[str, str, str, int]]:
+    """(solver, allocation, target, seed) of every run a setting asks for, cheapest first; `extra` solvers
+    (from EXTRA_SOLVERS) join the grid's four in the smoke and quick settings."""
+    solvers = SOLVERS + [s for s in EXTRA_SOLVERS if s in extra]
     if setting == "smoke":
-        grid = ([(s, "uniform", t) for s in SOLVERS for t in ("0.5", "0.7", "2:4")]
+        grid = ([(s, "uniform", t) for s in solvers for t in ("0.5", "0.7", "2:4")]
                 + [("wanda", a, "0.7") for a in ALLOCATIONS if a != "uniform"])
         return [(*c, 0) for c in grid]
     if setting == "quick":
-        order = {"magnitude": 0, "wanda": 1, "sparsegpt": 2, "mrp": 3}
-        grid = sorted(itertools.product(SOLVERS, ALLOCATIONS, TARGETS), key=lambda c: (order[c[0]], c[2], c[1]))
+        grid = sorted(itertools.product(solvers, ALLOCATIONS, TARGETS),
+                      key=lambda c: (solvers.index(c[0]), c[2], c[1]))
         return [(*c, 0) for c in grid if not (":" in c[2] and c[1] in UNSTRUCTURED_ONLY)]
     return [(*c, seed) for c in HEADLINE for seed in (0, 1, 2)]
 
@@ -250,7 +253,7 @@ def main() -> None:
     done = done_keys(out)
     todo = []
     for setting in settings:
-        grid = cells(setting)
+        grid = cells(setting, tuple(wanted.get("solver", ())))
         if a.seeds:
             grid = list(dict.fromkeys((s, al, t, int(seed)) for s, al, t, _ in grid for seed in a.seeds.split(",")))
         for solver, allocation, target, seed in [("dense", "-", "0", 0)] + grid:

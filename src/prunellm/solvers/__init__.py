@@ -8,7 +8,7 @@ Imports only `masks`, `errors` and `devices` (the widest float a device has): te
 weights out, computed on the device of the inputs; no model, no engine.
 """
 
-from . import magnitude, mrp, ria, sparsegpt, wanda  # noqa: F401  (each registers itself)
+from . import gradual_admm, magnitude, mrp, ria, sparsegpt, wanda  # noqa: F401  (each registers itself)
 from .base import SOLVERS, LayerStats, PruneResult, Solver, SolverFn, register
 
 __all__ = ["SOLVERS", "LayerStats", "PruneResult", "Solver", "SolverFn", "register"]
