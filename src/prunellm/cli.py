@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="prune a model and save it with prune_report.json")
     _add_model_args(pr)
     pr.add_argument("--config", help="YAML recipe (flat fields or an llm-compressor style recipe); flags override it")
-    pr.add_argument("--solver", help="magnitude, wanda, ria, sparsegpt, mrp or admm (gradual mask inside ADMM) (default wanda)")
+    pr.add_argument("--solver", help="magnitude, wanda, ria, sparsegpt, mrp or admm (default wanda)")
     pr.add_argument("--sparsity", type=float, help="unstructured target in [0, 1) (default 0.5)")
     pr.add_argument("--pattern", help="N:M semi-structured: prune N of every M inputs, e.g. 2:4")
     pr.add_argument("--calib", help="calibration data: wikitext2, ptb, c4, text:PATH, jsonl:PATH (default wikitext2)")

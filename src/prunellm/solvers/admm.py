@@ -10,6 +10,8 @@ optimum; a row that has not got below the incoming solver's error keeps the solv
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..devices import has_float64
@@ -54,6 +56,26 @@ def _conjugate_gradients(w: torch.Tensor, target: torch.Tensor, h: torch.Tensor,
     return w * keep, done
 
 
+def admm_iterations(start: torch.Tensor, target: torch.Tensor, h: torch.Tensor, iterations: int,
+                    choose_mask: Callable[[torch.Tensor, int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADMM on min (W₀ − Ŵ) H (W₀ − Ŵ)ᵀ, Ŵ zero on a mask (`target` = W₀ H), from D = `start`: step k's mask
+    is `choose_mask(Z, k)` with Z = B + V/ρ (a fixed mask, or one re-chosen as the solver goes).
+    Returns the last D and its mask."""
+    evals, evecs = torch.linalg.eigh(h)
+    rho = 0.1 * float(h.diagonal().mean())
+    d, v = start, torch.zeros_like(start)
+    mask = torch.zeros_like(start, dtype=torch.bool)
+    for k in range(iterations):
+        b = ((target - v + rho * d) @ evecs / (evals + rho)) @ evecs.T
+        z = b + v / rho
+        mask = choose_mask(z, k)
+        d = z.masked_fill(mask, 0)
+        v = v + rho * (b - d)
+        if k % 3 == 2:
+            rho *= 1.3
+    return d, mask
+
+
 def admm_update(weight: torch.Tensor, result: PruneResult, stats: LayerStats, iterations: int = 30,
                 cg_steps: int = 100, dampening_frac: float = 0.01) -> PruneResult:
     """Re-solve the kept weights of `result.mask` from the dense `weight` (see the module docstring)."""
@@ -61,16 +83,7 @@ def admm_update(weight: torch.Tensor, result: PruneResult, stats: LayerStats, it
     w0, h = damped_hessian(weight, stats, dampening_frac, dtype)
     keep = (~result.mask).to(dtype)
     target = w0 @ h
-    evals, evecs = torch.linalg.eigh(h)
-    rho = 0.1 * float(h.diagonal().mean())
-    d = w0 * keep
-    v = torch.zeros_like(w0)
-    for k in range(iterations):
-        b = ((target - v + rho * d) @ evecs / (evals + rho)) @ evecs.T
-        d = (b + v / rho) * keep
-        v = v + rho * (b - d)
-        if k % 3 == 2:
-            rho *= 1.3
+    d, _ = admm_iterations(w0 * keep, target, h, iterations, lambda z, k: result.mask)
     w, steps = _conjugate_gradients(d, target, h, keep, cg_steps)
     before, after = layer_errors(w0, result.weight.to(dtype), h), layer_errors(w0, w, h)
     worse = after > before

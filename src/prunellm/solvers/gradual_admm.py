@@ -16,7 +16,7 @@ import torch
 from ..devices import has_float64
 from ..masks import Target, select
 from ..quant import QuantScheme
-from .admm import _conjugate_gradients, damped_hessian, layer_errors
+from .admm import _conjugate_gradients, admm_iterations, damped_hessian, layer_errors
 from .base import LayerStats, PruneResult, register
 from .sparsegpt import masked_result
 
@@ -36,27 +36,13 @@ def gradual_admm(weight: torch.Tensor, stats: LayerStats, target: Target, iterat
     dtype = torch.float64 if has_float64(weight.device) else torch.float32
     w0, h = damped_hessian(weight, stats, dampening_frac, dtype)
     scale = h.diagonal().sqrt().unsqueeze(0)
-    target_wh = w0 @ h
-    evals, evecs = torch.linalg.eigh(h)
-    rho = 0.1 * float(h.diagonal().mean())
     ramp = max(1, (3 * iterations) // 4)
-    d, v = w0.clone(), torch.zeros_like(w0)
-    changes = []
-    mask = torch.zeros_like(w0, dtype=torch.bool)
-    for k in range(iterations):
-        b = ((target_wh - v + rho * d) @ evecs / (evals + rho)) @ evecs.T
-        z = b + v / rho
-        new_mask = select((z.abs() * scale).float(), schedule(target, k, ramp), per_row=True)
-        changes.append(int((new_mask != mask).sum()))
-        mask = new_mask
-        d = z.masked_fill(mask, 0)
-        v = v + rho * (b - d)
-        if k % 3 == 2:
-            rho *= 1.3
+    target_wh = w0 @ h
+    d, mask = admm_iterations(w0.clone(), target_wh, h, iterations, lambda z, k: select(
+        (z.abs() * scale).float(), schedule(target, k, ramp), per_row=True))
     if quant is not None:
         return masked_result(weight.float(), mask, stats, quant, block_size, dampening_frac)
     keep = (~mask).to(dtype)
-    w, steps = _conjugate_gradients(d * keep, target_wh, h, keep, cg_steps)
-    info = {"admm_iterations": iterations, "cg_steps": steps, "mask_changes_last": changes[-1],
-            "layer_error": float(layer_errors(w0, w, h).sum())}
+    w, steps = _conjugate_gradients(d, target_wh, h, keep, cg_steps)
+    info = {"admm_iterations": iterations, "cg_steps": steps, "layer_error": float(layer_errors(w0, w, h).sum())}
     return PruneResult(w.to(weight.dtype), mask, info)
