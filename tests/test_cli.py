@@ -107,6 +107,7 @@ def test_prune_from_llm_compressor_recipe(tiny_folder, shared_data, tmp_path):
         (["--quantize", "int4", "--group-size", "48"], "multiple of 32"),
         (["--quantize", "int4", "--group-size", "256"], "must be a multiple of group_size"),
         (["--quantize-head"], "quantize_head needs --quantize"),
+        (["--permute"], "give --pattern N:M"),
     ],
 )
 def test_prune_bad_input(tiny_folder, shared_data, tmp_path, capsys, extra, message):

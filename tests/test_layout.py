@@ -20,6 +20,7 @@ ALLOWED = {
     "outputs": {"errors"},
     "devices": {"errors"},
     "masks": {"errors"},
+    "permute": set(),
     "quant": {"errors"},
     "solvers": {"errors", "devices", "masks", "quant"},
     "allocation": {"errors", "devices", "masks", "solvers"},
@@ -27,7 +28,7 @@ ALLOWED = {
     "data": {"errors", "hub"},
     "runtime": {"errors", "devices", "outputs", "quant"},
     "models": {"errors", "devices", "hub", "runtime"},
-    "engine": {"errors", "devices", "masks", "quant", "solvers", "allocation", "config", "data"},
+    "engine": {"errors", "devices", "masks", "permute", "quant", "solvers", "allocation", "config", "data"},
     "evaluation": {"errors", "data"},
 }
 TOP = {"__init__", "__main__", "save", "from_disk", "cli", "plot"}

@@ -131,6 +131,7 @@ def _prune_config(args: argparse.Namespace):
         "update": args.update,
         "repair": args.repair,
         "repair_cycles": args.repair_cycles,
+        "permute": args.permute or None,
         "reconstruct": args.reconstruct,
         "reconstruct_params": args.reconstruct_params,
         "reconstruct_epochs": args.reconstruct_epochs,
@@ -415,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--repair", choices=["none", "dsnot"],
                     help="dsnot: after the solver, swap pruned and kept weights per row while the layer error drops")
     pr.add_argument("--repair-cycles", type=_positive_int, help="dsnot: most swaps per row (default 50)")
+    pr.add_argument("--permute", action="store_true",
+                    help="N:M: first reorder the input channels of the MLP down projection and attention output "
+                         "so that important weights fall in different groups (folded into gate/up and v rows: "
+                         "the saved model computes the same function)")
     pr.add_argument("--reconstruct", choices=["none", "block", "halves"],
                     help="after each block's masks, fit its kept weights to the dense block's outputs (Adam): "
                          "the whole block, or attention then MLP (default none)")

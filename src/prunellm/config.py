@@ -62,6 +62,7 @@ class PruneConfig:
     update: str = "solver"  # kept weights of the mask: the solver's own, or admm (masked least-squares optimum)
     repair: str = "none"  # mask repair after the solver: none or dsnot (swaps that lower the layer error)
     repair_cycles: int = 50  # dsnot: at most this many swaps per row
+    permute: bool = False  # N:M: reorder the inputs of layers whose producer absorbs it (down/o proj) first
     reconstruct: str = "none"  # block-wise reconstruction after each block's masks: none, block, halves
     reconstruct_params: str = "kept"  # trained: kept weights, or kept+norms (also norm weights and biases)
     reconstruct_epochs: int = 4  # passes over the calibration samples per block (or part)
@@ -174,6 +175,8 @@ class PruneConfig:
             raise UsageError(f"repair_cycles must be at least 1, got {self.repair_cycles}")
         if self.repair != "none" and self.quantize != "none":
             raise UsageError("repair brings back dense values, off the quantization grid; use one or the other")
+        if self.permute and not self.nm[1]:
+            raise UsageError("permute reorders inputs for an N:M pattern; give --pattern N:M with it")
         if self.reconstruct != "none" and self.quantize != "none":
             raise UsageError("reconstruct moves kept weights off the quantization grid; use one or the other")
 

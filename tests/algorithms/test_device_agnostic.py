@@ -79,3 +79,13 @@ def test_round_to_nearest_on_a_meta_default_device():
     with torch.device("meta"):
         got = quantize_rtn(weight, QuantScheme(4, 16), weight.abs() > 0.5)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_channel_permutation_on_a_meta_default_device():
+    from prunellm.permute import nm_permutation
+
+    scores = _weight(24, 64).abs()
+    expected = nm_permutation(scores, 2, 4)
+    with torch.device("meta"):
+        got = nm_permutation(scores, 2, 4)
+    assert got.device.type == "cpu" and torch.equal(got, expected)

@@ -30,6 +30,7 @@ from ..solvers.dsnot import dsnot_repair
 from . import distributed
 from .activations import activation_store
 from .blocks import BlockStack, find_blocks, get_weight, prunable_layers, set_weight
+from .folds import find_fold, permute_inputs
 from .memory import current_rss_mb, peak_rss_mb, reset_peak_rss
 from .profile import allocate_targets
 from .reconstruct import Options, block_parts, reconstruct_block
@@ -74,6 +75,11 @@ def _hidden_size(model: nn.Module) -> int:
         if config is not None and getattr(config, key, None):
             return int(getattr(config, key))
     return 0
+
+
+def _relative(name: str, stack: BlockStack, i: int) -> str:
+    """A layer's name inside its block."""
+    return name[len(f"{stack.path}.{i}") + 1:]
 
 
 def _layer_row(name: str, module: nn.Module, target: Target, solve_s: float, result: PruneResult) -> dict:
@@ -207,6 +213,7 @@ def prune(
         items = list(per_block[i].items())
         owners = distributed.assign([get_weight(m).numel() for _, m in items])
         block_rows: dict[int, dict] = {}
+        block_perms: dict[int, torch.Tensor] = {}  # consumer k → the row order its producers must take
         for k, (name, module) in enumerate(items):
             if owners[k] != distributed.rank():
                 continue  # another process solves this layer
@@ -215,6 +222,10 @@ def prune(
             if on_layer is not None:
                 dense_weight = dense_weight.clone()  # set_weight writes in place; keep the dense copy
             t0 = time.perf_counter()
+            permutation = None
+            if config.permute and targets[name].is_nm:
+                dense_weight, stats, permutation = permute_inputs(stack.blocks[i], _relative(name, stack, i),
+                                                                   model.config, dense_weight, stats, targets[name])
             result = solver.fn(
                 dense_weight,
                 stats,
@@ -231,6 +242,9 @@ def prune(
             set_weight(module, result.weight)
             remember_quant(module, quant, result.scales)
             block_rows[k] = _layer_row(name, module, targets[name], time.perf_counter() - t0, result)
+            if permutation is not None:
+                block_rows[k]["permutation"] = permutation.pop("report")
+                block_perms[k] = permutation["rows"]
             if on_layer is not None:
                 t0 = time.perf_counter()
                 on_layer(name, dense_weight, stats, result)
@@ -241,6 +255,10 @@ def prune(
             if quant is not None:
                 remember_quant(module, quant, distributed.share_object(getattr(module, "prunellm_scales", None),
                                                                         owners[k]))
+            if config.permute:
+                rows_order = distributed.share_object(block_perms.get(k), owners[k])
+                if rows_order is not None:  # every rank reorders the producers alike: the block's function stays
+                    find_fold(stack.blocks[i], _relative(name, stack, i), model.config).apply_to_producers(rows_order)
         if reconstructing and per_block[i]:
             bar.set_postfix_str("reconstruct")
             row = reconstruct_block(stack.blocks[i], per_block[i], stream.data, options, i,

@@ -26,6 +26,23 @@ class LayerStats:
             raise ValueError("no Hessian was gathered for this layer")
         return self.xtx * (2.0 / max(self.samples, 1))
 
+    def permuted(self, order: torch.Tensor) -> "LayerStats":
+        """The same statistics with the inputs reordered (new input k = old input order[k])."""
+        order = order.to(next((t.device for t in (self.xtx, self.sq_norms, self.features) if t is not None),
+                              order.device))
+        return LayerStats(
+            sq_norms=None if self.sq_norms is None else self.sq_norms[order],
+            xtx=None if self.xtx is None else self.xtx[order][:, order],
+            features=None if self.features is None else self.features[:, order],
+            tokens=self.tokens, samples=self.samples,
+        )
+
+    def input_energy(self) -> torch.Tensor | None:
+        """Σ_tokens x_j² per input from whichever statistic was gathered (None when neither was)."""
+        if self.sq_norms is not None:
+            return self.sq_norms.float()
+        return None if self.xtx is None else self.xtx.diagonal().float()
+
     def row_scalars(self) -> torch.Tensor:
         """Wanda's scaler_row: Σ_tokens x_j² averaged over calibration samples."""
         if self.sq_norms is None:

@@ -1,0 +1,100 @@
+"""The methods beyond SparseGPT (issue 28) on SmolLM2-135M or Gemma-3-270M, quick setting: perplexity and cost.
+
+A cell is `method:allocation:target[:seed]`, where method is a solver with `+flag=value` options, e.g.
+`admm:alpha:0.7`, `wanda+update=admm:uniform:0.5`, `ria+repair=dsnot:uniform:2:4:1` or
+`sparsegpt+permute=on:uniform:2:4` (`+permute` alone for a bare flag). Each runs `prunellm prune` with the
+quick setting (32 × 1024 WikiText-2 validation tokens, perplexity at 1024 on the first 64 test windows),
+no reconstruction, and appends one JSON line (CPU, load average, prune_s over calib_forward_s).
+`--table` prints the README table: every cell beside the grid's SparseGPT and mrp rows at its target.
+
+    python bench/beyond_table.py --cells admm:uniform:0.5,wanda+update=admm:uniform:0.5 \
+        --out bench/results/beyond_smollm2.jsonl
+    python bench/beyond_table.py --table --out bench/results/beyond_smollm2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from grid import results_path
+from reconstruct_table import parse_cell, run_cell
+
+
+def method_flags(method: str) -> tuple[str, list[str]]:
+    """"wanda+update=admm+permute" → ("wanda", ["--update", "admm", "--permute"])."""
+    solver, *options = method.split("+")
+    flags: list[str] = []
+    for option in options:
+        name, _, value = option.partition("=")
+        flags += [f"--{name}", value] if value else [f"--{name}"]
+    return solver, flags
+
+
+def run(cell: str, model: str) -> dict:
+    method, allocation, target, _, seed = parse_cell(_with_mode(cell))
+    solver, flags = method_flags(method)
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_cell(f"{solver}:{allocation}:{target}:none:{seed}", Path(tmp), model, flags)
+    return {**row, "method": method}
+
+
+def _with_mode(cell: str) -> str:
+    """Insert reconstruct=none after the target so reconstruct_table's parser reads the seed."""
+    parts = cell.split(":")
+    at = 4 if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit() else 3
+    return ":".join(parts[:at] + ["none"] + parts[at:])
+
+
+def _load(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def readme_table(rows: list[dict], grid: list[dict]) -> str:
+    """Per target: the grid's SparseGPT and mrp (seed 0, quick) at the same allocation, then each method run."""
+    base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
+            if r.get("setting") == "quick" and r.get("seed", 0) == 0}
+    lines = ["| target | allocation | method | WikiText-2 ppl | vs SparseGPT | prune_s / calib_forward_s | CPU |",
+             "|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["target"], r["allocation"]) for r in rows}, key=lambda k: (":" in k[0], k[0], k[1]))
+    for target, allocation in keys:
+        ref = base.get(("sparsegpt", allocation, target))
+        here = [("sparsegpt (grid)", ref), ("mrp (grid)", base.get(("mrp", allocation, target)))]
+        here += [(r["method"], r) for r in rows if (r["target"], r["allocation"]) == (target, allocation)]
+        for name, r in here:
+            if r is None:
+                continue
+            gain = f"{100 * (r['ppl'] / ref['ppl'] - 1):+.1f}%" if ref else "—"
+            ratio = r.get("prune_over_forward") or (r["timings"]["prune_s"] / r["timings"]["calib_forward_s"]
+                                                    if r.get("timings", {}).get("calib_forward_s") else None)
+            cpu = r.get("machine", {}).get("cpu", "not recorded").split(" Processor")[0].split("(")[0]
+            lines.append(f"| {target} | {allocation} | {name} | {r['ppl']:.2f} | {gain} "
+                         f"| {f'{ratio:.2f}' if ratio else '—'} | {cpu} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", help="comma-separated method:allocation:target[:seed]")
+    p.add_argument("--table", action="store_true", help="run nothing: print the README table from --out")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    out = Path(a.out)
+    if a.table:
+        print(readme_table([r for r in _load(out) if r.get("seed", 0) == 0], _load(results_path(a.model))))
+        return
+    if not a.cells:
+        p.error("--cells or --table")
+    for cell in a.cells.split(","):
+        row = run(cell, a.model)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"[beyond_table] {cell}: ppl {row['ppl']:.2f}, prune_s / calib_forward_s "
+              f"{row['prune_over_forward']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
