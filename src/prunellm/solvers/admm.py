@@ -24,6 +24,11 @@ def layer_errors(dense: torch.Tensor, weight: torch.Tensor, hessian: torch.Tenso
     return ((delta @ hessian) * delta).sum(1)
 
 
+def shared_eigh(stats: LayerStats, h: torch.Tensor, dampening_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigendecomposition of the damped H from `damped_hessian`, once for all layers sharing `stats`."""
+    return stats.cached(("eigh", dampening_frac, h.dtype), lambda: torch.linalg.eigh(h))
+
+
 def damped_hessian(weight: torch.Tensor, stats: LayerStats, dampening_frac: float, dtype: torch.dtype):
     """(weight with dead inputs zeroed, H + λI with λ = frac · mean diag H), as SparseGPT dampens."""
     w, h = prepare_hessian(weight.float(), stats)
@@ -57,11 +62,13 @@ def _conjugate_gradients(w: torch.Tensor, target: torch.Tensor, h: torch.Tensor,
 
 
 def admm_iterations(start: torch.Tensor, target: torch.Tensor, h: torch.Tensor, iterations: int,
-                    choose_mask: Callable[[torch.Tensor, int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                    choose_mask: Callable[[torch.Tensor, int], torch.Tensor],
+                    eig: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ADMM on min (W₀ − Ŵ) H (W₀ − Ŵ)ᵀ, Ŵ zero on a mask (`target` = W₀ H), from D = `start`: step k's mask
     is `choose_mask(Z, k)` with Z = B + V/ρ (a fixed mask, or one re-chosen as the solver goes).
+    `eig`: H's eigendecomposition when already made (layers reading the same input share it).
     Returns the last D and its mask."""
-    evals, evecs = torch.linalg.eigh(h)
+    evals, evecs = eig if eig is not None else torch.linalg.eigh(h)
     rho = 0.1 * float(h.diagonal().mean())
     d, v = start, torch.zeros_like(start)
     mask = torch.zeros_like(start, dtype=torch.bool)
@@ -83,7 +90,8 @@ def admm_update(weight: torch.Tensor, result: PruneResult, stats: LayerStats, it
     w0, h = damped_hessian(weight, stats, dampening_frac, dtype)
     keep = (~result.mask).to(dtype)
     target = w0 @ h
-    d, _ = admm_iterations(w0 * keep, target, h, iterations, lambda z, k: result.mask)
+    d, _ = admm_iterations(w0 * keep, target, h, iterations, lambda z, k: result.mask,
+                           shared_eigh(stats, h, dampening_frac))
     w, steps = _conjugate_gradients(d, target, h, keep, cg_steps)
     before, after = layer_errors(w0, result.weight.to(dtype), h), layer_errors(w0, w, h)
     worse = after > before

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -19,6 +19,14 @@ class LayerStats:
     features: torch.Tensor | None = None  # a fixed strided subsample of input rows, (≤F, in) (allocations)
     tokens: int = 0
     samples: int = 0
+    # factorizations of this H, shared by the layers that read the same input (q/k/v, gate/up): key → value
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per key for these statistics: what depends only on H is not redone per layer."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     def hessian(self) -> torch.Tensor:
         """SparseGPT's H = (2 / samples) Σ x xᵀ."""

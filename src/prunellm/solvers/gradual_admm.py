@@ -16,7 +16,7 @@ import torch
 from ..devices import has_float64
 from ..masks import Target, select
 from ..quant import QuantScheme
-from .admm import _conjugate_gradients, admm_iterations, damped_hessian, layer_errors
+from .admm import _conjugate_gradients, admm_iterations, damped_hessian, layer_errors, shared_eigh
 from .base import LayerStats, PruneResult, register
 from .sparsegpt import masked_result
 
@@ -39,7 +39,7 @@ def gradual_admm(weight: torch.Tensor, stats: LayerStats, target: Target, iterat
     ramp = max(1, (3 * iterations) // 4)
     target_wh = w0 @ h
     d, mask = admm_iterations(w0.clone(), target_wh, h, iterations, lambda z, k: select(
-        (z.abs() * scale).float(), schedule(target, k, ramp), per_row=True))
+        (z.abs() * scale).float(), schedule(target, k, ramp), per_row=True), shared_eigh(stats, h, dampening_frac))
     if quant is not None:
         return masked_result(weight.float(), mask, stats, quant, block_size, dampening_frac)
     keep = (~mask).to(dtype)

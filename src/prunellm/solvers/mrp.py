@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..masks import Target, lowest_k
 from ..quant import QuantScheme, dequantize
 from .base import LayerStats, PruneResult, register
-from .sparsegpt import column_pass, inverse_hessian_factor, prepare_hessian, quantizer_for
+from .sparsegpt import column_pass, inverse_hessian_factor, prepare_hessian, quantizer_for, shared_factor
 
 ROW_CHUNK = 512  # rows solved per batched call, bounds the (rows × q × q) workspace
 
@@ -127,14 +127,16 @@ def mrp_prune(
     selection: str = "score",
     fixed_mask: torch.Tensor | None = None,
     quant: QuantScheme | None = None,
+    factor: tuple[torch.Tensor, float] | None = None,
 ) -> PruneResult:
-    """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations).
+    """Blockwise exact multiple removal; `fixed_mask` (True = prune) skips mask selection (tests, ablations);
+    `factor`: `inverse_hessian_factor` of the wide H when already computed (shared by q/k/v, gate/up).
 
     With `quant`, after each block's update its kept weights are quantized column by column with the
     error propagated through the same factor (GPTQ with the block's mask fixed)."""
     wide = wide_float(weight.device)  # float64 where the device has it
     W = weight.to(wide, copy=True)
-    U, used_damp = inverse_hessian_factor(hessian.to(wide), dampening_frac)
+    U, used_damp = factor if factor is not None else inverse_hessian_factor(hessian.to(wide), dampening_frac)
     rows, cols = W.shape
     if target.is_nm:
         block_size = max(target.m, block_size - block_size % target.m)
@@ -180,4 +182,5 @@ def mrp(
     **_,
 ) -> PruneResult:
     W, H = prepare_hessian(weight.float(), stats)
-    return mrp_prune(W, H, target, block_size, dampening_frac, mask_selection, quant=quant)
+    factor = shared_factor(stats, H.to(wide_float(W.device)), dampening_frac)
+    return mrp_prune(W, H, target, block_size, dampening_frac, mask_selection, quant=quant, factor=factor)

@@ -37,6 +37,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening_frac: float) -> tupl
     raise torch.linalg.LinAlgError("Hessian is not positive definite even with heavy dampening")
 
 
+def shared_factor(stats: LayerStats, hessian: torch.Tensor, dampening_frac: float) -> tuple[torch.Tensor, float]:
+    """`inverse_hessian_factor` of the H these statistics give, computed once for all layers sharing them."""
+    return stats.cached(("inverse_factor", dampening_frac, hessian.dtype),
+                        lambda: inverse_hessian_factor(hessian, dampening_frac))
+
+
 def prepare_hessian(weight: torch.Tensor, stats: LayerStats) -> tuple[torch.Tensor, torch.Tensor]:
     """H with dead inputs (H_jj = 0) set to 1 and their weights zeroed, as the reference does."""
     weight = weight.clone()
@@ -102,7 +108,7 @@ def quantize_with_mask(weight: torch.Tensor, stats: LayerStats, mask: torch.Tens
     """GPTQ on a weight whose mask is fixed (solvers without a Hessian of their own): pruned entries stay 0,
     kept ones are rounded column by column with the error compensated through H⁻¹ (`column_pass`)."""
     W, H = prepare_hessian(weight.float().masked_fill(mask, 0), stats)
-    Hinv, used_damp = inverse_hessian_factor(H, dampening_frac)
+    Hinv, used_damp = shared_factor(stats, H, dampening_frac)
     quantizer = quantizer_for(W, quant, block_size)
     losses = torch.zeros(W.shape[0], dtype=wide_float(W.device), device=W.device)
     for i1 in range(0, W.shape[1], block_size):
@@ -134,7 +140,7 @@ def sparsegpt(
     **_,
 ) -> PruneResult:
     W, H = prepare_hessian(weight.float(), stats)
-    Hinv, used_damp = inverse_hessian_factor(H, dampening_frac)
+    Hinv, used_damp = shared_factor(stats, H, dampening_frac)
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=wide_float(W.device), device=W.device)
