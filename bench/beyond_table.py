@@ -19,18 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from grid import results_path
+from grid import method_flags, results_path
 from reconstruct_table import parse_cell, run_cell
-
-
-def method_flags(method: str) -> tuple[str, list[str]]:
-    """"wanda+update=admm+permute" → ("wanda", ["--update", "admm", "--permute"])."""
-    solver, *options = method.split("+")
-    flags: list[str] = []
-    for option in options:
-        name, _, value = option.partition("=")
-        flags += [f"--{name}", value] if value else [f"--{name}"]
-    return solver, flags
 
 
 def run(cell: str, model: str) -> dict:

@@ -15,7 +15,8 @@ Settings (each row records its own, with the command, versions, machine, timings
   each, `--eval-limit 100`) for seed 0. A headline cell is 15-30 minutes on two cores (148 windows of
   2048 tokens), so the headline rows are the solvers at the papers' main setting, not the whole grid.
 A cell already in the results file (same setting, solver, allocation, target, seed) is skipped, so an
-interrupted run resumes. `--solvers`, `--allocations`, `--targets` pick a part of the grid, `--seeds 1,2`
+interrupted run resumes. `--solvers`, `--allocations`, `--targets` pick a part of the grid (a solver may carry
+options: `--solvers wanda+update=admm,sparsegpt+permute` adds those cells), `--seeds 1,2`
 reruns that part with other calibration seeds (the seed spread on the results page), and `--shard I/N`
 splits the cells over parallel workers; `--rerun` runs the selected cells again (e.g. rows imported from
 an earlier commit), and the page shows each cell's latest row. `bench/results_page.py` turns the file into docs/results.md.
@@ -55,8 +56,9 @@ UNSTRUCTURED_ONLY = {"als", "alpha"}  # they allocate per-layer ratios; an N:M p
 
 def cells(setting: str, extra: tuple[str, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(solver, allocation, target, seed) of every run a setting asks for, cheapest first; `extra` solvers
-    (from EXTRA_SOLVERS) join the grid's four in the smoke and quick settings."""
-    solvers = SOLVERS + [s for s in EXTRA_SOLVERS if s in extra]
+    (from EXTRA_SOLVERS, or any solver with options, e.g. wanda+update=admm) join the grid's four in the
+    smoke and quick settings."""
+    solvers = SOLVERS + [s for s in EXTRA_SOLVERS if s in extra] + [s for s in extra if "+" in s]
     if setting == "smoke":
         grid = ([(s, "uniform", t) for s in solvers for t in ("0.5", "0.7", "2:4")]
                 + [("wanda", a, "0.7") for a in ALLOCATIONS if a != "uniform"])
@@ -64,7 +66,8 @@ def cells(setting: str, extra: tuple[str, ...] = ()) -> list[tuple[str, str, str
     if setting == "quick":
         grid = sorted(itertools.product(solvers, ALLOCATIONS, TARGETS),
                       key=lambda c: (solvers.index(c[0]), c[2], c[1]))
-        return [(*c, 0) for c in grid if not (":" in c[2] and c[1] in UNSTRUCTURED_ONLY)]
+        return [(*c, 0) for c in grid if ":" in c[2] or "+permute" not in c[0]  # permute: an N:M option
+                if not (":" in c[2] and c[1] in UNSTRUCTURED_ONLY)]
     return [(*c, seed) for c in HEADLINE for seed in (0, 1, 2)]
 
 
@@ -110,6 +113,17 @@ class LoadSampler:
         self._thread.join()
 
 
+def method_flags(method: str) -> tuple[str, list[str]]:
+    """A cell's method, a solver with `+flag=value` options: "wanda+update=admm+permute" →
+    ("wanda", ["--update", "admm", "--permute"])."""
+    solver, *options = method.split("+")
+    flags: list[str] = []
+    for option in options:
+        name, _, value = option.partition("=")
+        flags += [f"--{name}", value] if value else [f"--{name}"]
+    return solver, flags
+
+
 def _target_flags(target: str) -> list[str]:
     return ["--pattern", target] if ":" in target else ["--sparsity", target]
 
@@ -123,7 +137,8 @@ def run_cell(setting: str, solver: str, allocation: str, target: str, seed: int,
              env: dict | None = None, model: str = MODEL) -> dict:
     s = SETTINGS[setting]
     out = workdir / "model"
-    cmd = ["prunellm", "prune", model, "--solver", solver, *_target_flags(target),
+    base, options = method_flags(solver)
+    cmd = ["prunellm", "prune", model, "--solver", base, *options, *_target_flags(target),
            "--allocation", allocation, "--calib", "wikitext2", "--nsamples", str(s["nsamples"]),
            "--seqlen", str(s["seqlen"]), "--seed", str(seed), "--eval-ppl", "wikitext2",
            "--eval-seqlen", str(s["eval_seqlen"]),
@@ -232,7 +247,8 @@ def main() -> None:
                    help="run this many cells at once, each with cores/jobs threads (two 1-thread jobs keep two cores "
                         "busier than one 2-thread job through the serial parts)")
     p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing cell starting at I (parallel machines)")
-    p.add_argument("--solvers", help="only these solvers (comma-separated; name dense to keep the dense row)")
+    p.add_argument("--solvers", help="only these solvers (comma-separated; name dense to keep the dense row); a solver "
+                   "with +flag=value options is a cell of its own, e.g. wanda+update=admm or sparsegpt+permute")
     p.add_argument("--targets", help="only these targets (comma-separated, e.g. 0.5,0.6,2:4)")
     p.add_argument("--allocations", help="only these allocations (comma-separated)")
     p.add_argument("--seeds", help="run the setting's cells with these calibration seeds instead (e.g. 1,2)")

@@ -83,3 +83,12 @@ def test_oversubscribed_flags_a_run_whose_load_samples_show_an_outside_process()
     crowded["load_1min"] = [2.0, 2.9, 3.1, 3.0, 2.2]  # a third process for most of the run
     assert quiet["machine"]["cores"] == 2
     assert results_page.oversubscribed([quiet, crowded]) == {id(crowded)}
+
+
+def test_grid_cells_with_solver_options():
+    assert grid.method_flags("wanda+update=admm+permute") == ("wanda", ["--update", "admm", "--permute"])
+    assert grid.method_flags("mrp") == ("mrp", [])
+    cells = grid.cells("quick", ("sparsegpt+permute", "wanda+repair=dsnot"))
+    permuted = {(a, t) for s, a, t, _ in cells if s == "sparsegpt+permute"}
+    assert permuted == {("uniform", "2:4"), ("uniform", "4:8"), ("owl", "2:4"), ("owl", "4:8")}
+    assert ("wanda+repair=dsnot", "alpha", "0.7", 0) in cells
