@@ -84,7 +84,7 @@ def admm_iterations(start: torch.Tensor, target: torch.Tensor, h: torch.Tensor, 
 
 
 def admm_update(weight: torch.Tensor, result: PruneResult, stats: LayerStats, iterations: int = 30,
-                cg_steps: int = 100, dampening_frac: float = 0.01) -> PruneResult:
+                cg_steps: int = 30, dampening_frac: float = 0.01) -> PruneResult:
     """Re-solve the kept weights of `result.mask` from the dense `weight` (see the module docstring)."""
     dtype = torch.float64 if has_float64(weight.device) else torch.float32
     w0, h = damped_hessian(weight, stats, dampening_frac, dtype)

@@ -31,7 +31,7 @@ def schedule(target: Target, step: int, ramp: int) -> Target:
 
 @register("admm", needs={"hessian"})
 def gradual_admm(weight: torch.Tensor, stats: LayerStats, target: Target, iterations: int = 30,
-                 cg_steps: int = 100, dampening_frac: float = 0.01, quant: QuantScheme | None = None,
+                 cg_steps: int = 30, dampening_frac: float = 0.01, quant: QuantScheme | None = None,
                  block_size: int = 128, **_) -> PruneResult:
     dtype = torch.float64 if has_float64(weight.device) else torch.float32
     w0, h = damped_hessian(weight, stats, dampening_frac, dtype)
