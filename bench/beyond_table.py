@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def _load(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
+def _short_cpu(name: str) -> str:
+    """"Intel(R) Xeon(R) Processor @ 2.1GHz" → "Intel Xeon"."""
+    return re.sub(r"\((R|TM)\)", "", name).split(" Processor")[0].split("@")[0].strip()
+
+
 def readme_table(rows: list[dict], grid: list[dict]) -> str:
     """Per target: the grid's SparseGPT and mrp (seed 0, quick) at the same allocation, then each method run."""
     base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
@@ -59,7 +65,7 @@ def readme_table(rows: list[dict], grid: list[dict]) -> str:
             gain = f"{100 * (r['ppl'] / ref['ppl'] - 1):+.1f}%" if ref else "—"
             ratio = r.get("prune_over_forward") or (r["timings"]["prune_s"] / r["timings"]["calib_forward_s"]
                                                     if r.get("timings", {}).get("calib_forward_s") else None)
-            cpu = r.get("machine", {}).get("cpu", "not recorded").split(" Processor")[0].split("(")[0]
+            cpu = _short_cpu(r.get("machine", {}).get("cpu", "not recorded"))
             lines.append(f"| {target} | {allocation} | {name} | {r['ppl']:.2f} | {gain} "
                          f"| {f'{ratio:.2f}' if ratio else '—'} | {cpu} |")
     return "\n".join(lines)
