@@ -52,8 +52,8 @@ def readme_table(rows: list[dict], grid: list[dict]) -> str:
     """Per target: the grid's SparseGPT and mrp (seed 0, quick) at the same allocation, then each method run."""
     base = {(r["solver"], r["allocation"], r["target"]): r for r in grid
             if r.get("setting") == "quick" and r.get("seed", 0) == 0}
-    lines = ["| target | allocation | method | WikiText-2 ppl | vs SparseGPT | prune_s / calib_forward_s | CPU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| target | allocation | method | WikiText-2 ppl | vs SparseGPT | prune_s / calib_forward_s | CPU | commit |",
+             "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["target"], r["allocation"]) for r in rows}, key=lambda k: (":" in k[0], k[0], k[1]))
     for target, allocation in keys:
         ref = base.get(("sparsegpt", allocation, target))
@@ -66,8 +66,9 @@ def readme_table(rows: list[dict], grid: list[dict]) -> str:
             ratio = r.get("prune_over_forward") or (r["timings"]["prune_s"] / r["timings"]["calib_forward_s"]
                                                     if r.get("timings", {}).get("calib_forward_s") else None)
             cpu = _short_cpu(r.get("machine", {}).get("cpu", "not recorded"))
+            commit = r.get("versions", {}).get("prunellm_commit", "—")
             lines.append(f"| {target} | {allocation} | {name} | {r['ppl']:.2f} | {gain} "
-                         f"| {f'{ratio:.2f}' if ratio else '—'} | {cpu} |")
+                         f"| {f'{ratio:.2f}' if ratio else '—'} | {cpu} | {commit} |")
     return "\n".join(lines)
 
 

@@ -101,8 +101,8 @@ def test_beyond_table_puts_each_method_beside_the_grids_sparsegpt_and_mrp():
     grid_rows = [{"setting": "quick", "solver": s, "allocation": "uniform", "target": "2:4", "seed": 0, "ppl": p,
                   "prune_over_forward": 3.0, "machine": machine} for s, p in (("sparsegpt", 80.0), ("mrp", 76.0))]
     rows = [{"method": "admm+permute", "allocation": "uniform", "target": "2:4", "seed": 0, "ppl": 64.0,
-             "prune_over_forward": 9.5, "machine": machine}]
+             "prune_over_forward": 9.5, "machine": machine, "versions": {"prunellm_commit": "abc1234"}}]
     lines = beyond_table.readme_table(rows, grid_rows).splitlines()
-    assert lines[2:] == ["| 2:4 | uniform | sparsegpt (grid) | 80.00 | +0.0% | 3.00 | Intel Xeon |",
-                         "| 2:4 | uniform | mrp (grid) | 76.00 | -5.0% | 3.00 | Intel Xeon |",
-                         "| 2:4 | uniform | admm+permute | 64.00 | -20.0% | 9.50 | Intel Xeon |"]
+    assert lines[2:] == ["| 2:4 | uniform | sparsegpt (grid) | 80.00 | +0.0% | 3.00 | Intel Xeon | — |",
+                         "| 2:4 | uniform | mrp (grid) | 76.00 | -5.0% | 3.00 | Intel Xeon | — |",
+                         "| 2:4 | uniform | admm+permute | 64.00 | -20.0% | 9.50 | Intel Xeon | abc1234 |"]
