@@ -42,6 +42,7 @@ def run_cell(cell: str, workdir: Path, model: str, extra: list[str]) -> dict:
            "--eval-ppl", "wikitext2", "--eval-seqlen", str(s["eval_seqlen"]),
            "--eval-max-windows", str(s["eval_windows"]), "--reconstruct", mode, *extra,
            "--output", str(out), "--overwrite"]
+    code = versions()  # before the run: the working tree may change while it runs
     t0 = time.perf_counter()
     with LoadSampler() as load:
         subprocess.run([sys.executable, "-m", "prunellm", *cmd[1:]], check=True)
@@ -59,7 +60,7 @@ def run_cell(cell: str, workdir: Path, model: str, extra: list[str]) -> dict:
                                  / max(1, len(parts)), 4) if parts else None,
         "epochs": [p["epochs"] for p in parts], "best_epochs": [p["best_epoch"] for p in parts],
         "peak_rss_mb": report["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1),
-        "load": load.samples, "machine": machine(), "versions": versions(),
+        "load": load.samples, "machine": machine(), "versions": code,
     }
 
 
