@@ -20,27 +20,17 @@ import re
 import tempfile
 from pathlib import Path
 
-from grid import method_flags, results_path
-from reconstruct_table import parse_cell, run_cell
+from grid import cell_fields, method_flags, read_rows, results_path
+from reconstruct_table import run_cell
 
 
 def run(cell: str, model: str) -> dict:
-    method, allocation, target, _, seed = parse_cell(_with_mode(cell))
+    method, allocation, target, *rest = cell_fields(cell)
+    seed = int(rest[0]) if rest else 0
     solver, flags = method_flags(method)
     with tempfile.TemporaryDirectory() as tmp:
         row = run_cell(f"{solver}:{allocation}:{target}:none:{seed}", Path(tmp), model, flags)
     return {**row, "method": method}
-
-
-def _with_mode(cell: str) -> str:
-    """Insert reconstruct=none after the target so reconstruct_table's parser reads the seed."""
-    parts = cell.split(":")
-    at = 4 if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit() else 3
-    return ":".join(parts[:at] + ["none"] + parts[at:])
-
-
-def _load(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
 def _short_cpu(name: str) -> str:
@@ -81,7 +71,7 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     if a.table:
-        print(readme_table([r for r in _load(out) if r.get("seed", 0) == 0], _load(results_path(a.model))))
+        print(readme_table([r for r in read_rows(out) if r.get("seed", 0) == 0], read_rows(results_path(a.model))))
         return
     if not a.cells:
         p.error("--cells or --table")

@@ -124,6 +124,20 @@ def method_flags(method: str) -> tuple[str, list[str]]:
     return solver, flags
 
 
+def cell_fields(cell: str) -> list[str]:
+    """A cell's colon-separated fields with an N:M target kept whole: "sparsegpt:uniform:2:4:1" →
+    ["sparsegpt", "uniform", "2:4", "1"]."""
+    parts = cell.split(":")
+    if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+        parts = [parts[0], parts[1], f"{parts[2]}:{parts[3]}", *parts[4:]]
+    return parts
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON lines of a results file ([] when it does not exist)."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
 def _target_flags(target: str) -> list[str]:
     return ["--pattern", target] if ":" in target else ["--sparsity", target]
 
@@ -227,9 +241,7 @@ def import_legacy(out: Path) -> int:
 
 
 def done_keys(path: Path) -> set[tuple]:
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     return {(r["setting"], r["solver"], r["allocation"], r["target"], r["seed"]) for r in rows}
 
 

@@ -21,15 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid import SETTINGS, LoadSampler, _target_flags, machine, versions
+from grid import SETTINGS, LoadSampler, _target_flags, cell_fields, machine, read_rows, versions
 
 
 def parse_cell(cell: str) -> tuple[str, str, str, str, int]:
     """"mrp:alpha:0.7:block" or "sparsegpt:uniform:2:4:halves:1" → (solver, allocation, target, mode, seed)."""
-    parts = cell.split(":")
-    if len(parts) >= 5 and parts[2].isdigit() and parts[3].isdigit():
-        parts = [parts[0], parts[1], f"{parts[2]}:{parts[3]}", *parts[4:]]
-    solver, allocation, target, mode, *rest = parts
+    solver, allocation, target, mode, *rest = cell_fields(cell)
     return solver, allocation, target, mode, int(rest[0]) if rest else 0
 
 
@@ -142,9 +139,7 @@ def main() -> None:
     if a.table:
         from grid import results_path
 
-        load = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]  # noqa: E731
-        grid = load(results_path(a.model)) if results_path(a.model).exists() else []
-        rows = load(a.out)
+        grid, rows = read_rows(results_path(a.model)), read_rows(Path(a.out))
         print(readme_table([r for r in rows if r.get("seed", 0) == 0], grid))
         print()
         print(seeds_table(rows))

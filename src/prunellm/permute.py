@@ -59,10 +59,9 @@ def nm_permutation(scores: torch.Tensor, n: int, m: int, rounds: int = 4) -> tor
         raise ValueError(f"{cols} columns do not divide into groups of {m}")
     scores = scores.detach().float().abs().cpu()
     groups_n = cols // m
-    identity = torch.arange(cols, device="cpu")
     start = _snake(scores.sum(0).argsort(descending=True, stable=True), groups_n, m)
     if kept_score(scores, n, m, start.flatten()) < kept_score(scores, n, m):
-        start = identity.view(groups_n, m).clone()
+        start = torch.arange(cols, device="cpu").view(groups_n, m)
     groups = start
     if groups_n < 2:
         return groups.flatten()

@@ -123,7 +123,7 @@ def find_fold(block: nn.Module, name: str, config) -> Fold | None:
 
 def permute_inputs(block: nn.Module, name: str, config, weight: torch.Tensor, stats: LayerStats,
                     target: Target) -> tuple[torch.Tensor, LayerStats, dict | None]:
-    """Reorder a layer's inputs for its N:M groups when its producer can absorb the order (see folds.py).
+    """Reorder a layer's inputs for its N:M groups when its producer can absorb the order (module docstring).
 
     Returns the reordered weight and statistics, and {"rows": producers' row order, "report": numbers};
     the same weight, statistics and None when the layer has no exact fold."""
